@@ -1,0 +1,81 @@
+"""No-op jobs: what each runner costs per job when the job itself costs nothing.
+
+Integer jobs 0..N-1, a handler that returns at once, 2 worker processes. Every row is a
+whole process, timed from start to exit (interpreter start-up and imports included), and
+the rows alternate A B C A B C ... so a noisy moment hits every row alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import benchlib as bl
+
+N_DEFAULT = 2_000_000
+N_QUICK = 200_000
+SLOW_PEER_SHARE = 4  # joblib and mpire get N/4 jobs: compare their jobs/s, not their time
+TIMEOUT = 120.0
+WORKERS = 2
+CHUNK = 1000
+
+
+def peer(name: str, runner: str, jobs: int, note: str = "", chunk: int = CHUNK) -> bl.Runner:
+    def build(_tmp: str) -> list[str]:
+        return bl.peer_cmd(runner, "noop_jobs", workers=WORKERS, chunk=chunk, kwargs={"n": jobs})
+
+    return bl.Runner(name, build, jobs, env=bl.peer_env(), note=note, key=runner)
+
+
+def runners(n: int, tm_reason: str | None) -> list[bl.Runner]:
+    slow = n // SLOW_PEER_SHARE
+    slow_note = f"N/{SLOW_PEER_SHARE} jobs (slow peer)"
+    rows = [
+        peer("plain loop, 1 process (ceiling)", "plain", n, "no workers at all"),
+        peer("multiprocessing.Queue, batches of 1000", "mpqueue", n, "transport floor"),
+        peer("Pool.imap_unordered(chunksize=1000)", "pool", n),
+        peer("ProcessPoolExecutor.map(chunksize=1000)", "ppe", n, "reads all input first"),
+    ]
+    if bl.has_module("joblib"):
+        rows.append(peer("joblib generator_unordered, batch 1000", "joblib", slow, slow_note))
+    if bl.has_module("mpire"):
+        rows.append(peer("mpire imap_unordered(chunk_size=1000)", "mpire", slow, slow_note))
+
+    def build_tm(tmp: str) -> list[str]:
+        return bl.tm_cmd("noop_jobs", tmp, workers=WORKERS, checkpoint_every=1, kwargs={"n": n})
+
+    rows.append(bl.tm_runner("taskmaster tm-run, checkpoint every 1 s", build_tm, n, tm_reason))
+    return rows
+
+
+def report(outcomes: list[bl.Outcome]) -> None:
+    rows = []
+    for out in outcomes:
+        walls = out.walls
+        spread = f"{min(walls):.2f}-{max(walls):.2f}" if walls else "-"
+        wall = f"{bl.median(walls):.2f}" if walls else "-"
+        note = out.runner.note if out.error is None else "see below"
+        rows.append(
+            [out.runner.name, f"{out.runner.jobs:,}", wall, spread, bl.fmt_rate(out.rate), note]
+        )
+    head = ["runner", "jobs", "wall s (median)", "min-max", "jobs/s", "note"]
+    bl.print_table(head, rows)
+    bl.print_unavailable(outcomes)
+    bl.print_tm_ratios(outcomes, {"pool": "Pool.imap_unordered", "mpire": "mpire"})
+
+
+def main(argv: list[str]) -> int:
+    parser = bl.base_parser(__doc__)
+    parser.add_argument("--jobs", type=int, help=f"N (default {N_DEFAULT:,}, quick {N_QUICK:,})")
+    parser.add_argument("--reps", type=int, default=3)
+    args: argparse.Namespace = parser.parse_args(argv)
+    n = args.jobs or (N_QUICK if args.quick else N_DEFAULT)
+    bl.print_header(f"noop: {n:,} no-op jobs, {WORKERS} worker processes", args)
+    outcomes = bl.run_alternating(runners(n, bl.tm_unavailable()), args.reps, TIMEOUT)
+    print(f"{args.reps} alternating runs per row; wall time of the whole process tree.")
+    report(outcomes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,32 @@
+"""taskmaster: run huge numbers of one-off jobs from a resumable generator.
+
+    import taskmaster
+    stats = taskmaster.run(get_jobs, handle_job, workers=4, state_file="jobs.state.json")
+"""
+
+from .coordinator import RunStats
+from .errors import (
+    CheckpointError,
+    GeneratorError,
+    LockedError,
+    StateIOError,
+    TargetError,
+    TaskmasterError,
+    UsageError,
+)
+from .options import Options
+from .runner import run
+
+__all__ = [
+    "run",
+    "RunStats",
+    "Options",
+    "TaskmasterError",
+    "UsageError",
+    "TargetError",
+    "CheckpointError",
+    "StateIOError",
+    "LockedError",
+    "GeneratorError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from .cli import run_command
+
+run_command(prog_name="python -m taskmaster")

@@ -1,0 +1,147 @@
+"""Command-line entry points. The only module that prints errors and exits."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from .coordinator import RunStats
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, GeneratorError, TaskmasterError
+from .options import default_workers
+from .progress import PlainReporter, RichReporter, summary
+from .runner import default_state_file, run
+from .target import load_target, parse_kwargs
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"taskmaster: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _split_args(args: tuple[str, ...], workers: int | None) -> tuple[int | None, list[str]]:
+    rest = list(args)
+    if rest and "=" not in rest[0]:
+        first = rest.pop(0)
+        try:
+            positional = int(first)
+        except ValueError:
+            raise click.UsageError(
+                f"{first!r} is neither a worker count nor KEY=VALUE: usage is "
+                "tm-run TARGET [WORKERS] [KEY=VALUE]..."
+            ) from None
+        if workers is not None and workers != positional:
+            raise click.UsageError(
+                f"workers given twice: {positional} as an argument and --workers {workers}"
+            )
+        workers = positional
+    return workers, rest
+
+
+def _report_end(stats: RunStats, reporter: Any) -> None:
+    click.echo(f"taskmaster: {summary(stats)}", err=True)
+    err = stats.generator_error
+    if err is not None:
+        click.echo(err.traceback_text.rstrip(), err=True)
+        click.echo(
+            f"taskmaster: {err}. The jobs pulled before it were finished and checkpointed; "
+            "fix get_jobs and run again with --resume.",
+            err=True,
+        )
+    elif stats.exit_code == EXIT_INTERRUPTED:
+        where = f" (checkpoint: {stats.state_file})" if stats.state_file else ""
+        click.echo(
+            f"taskmaster: interrupted at watermark {stats.watermark:,}{where}; run the same "
+            "command with --resume to continue",
+            err=True,
+        )
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("target")
+@click.argument("args", nargs=-1, metavar="[WORKERS] [KEY=VALUE]...")
+@click.option("--workers", "-w", type=int, help="Worker processes [default: CPU count].")
+@click.option("--threads", "-t", type=int, default=1, show_default=True,
+              help="Threads per worker (concurrency for async handlers).")
+@click.option("--size", type=int, default=10_000, show_default=True,
+              help="Window: most jobs pulled and not yet resolved.")
+@click.option("--state-file", type=click.Path(dir_okay=False),
+              help="Checkpoint path [default: ./<module>[-<hash of args>].state.json].")
+@click.option("--failures", "failures_file", type=click.Path(dir_okay=False),
+              help="Failures file [default: beside the state file, .failures.jsonl].")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint.")
+@click.option("--reset", is_flag=True, help="Delete the checkpoint and failures file first.")
+@click.option("--retries", type=int, default=2, show_default=True,
+              help="Extra attempts for a job that raises or kills its worker.")
+@click.option("--retry-delay", type=float, default=0.1, show_default=True,
+              help="Seconds before the first retry; doubles each time, with jitter.")
+@click.option("--job-timeout", type=float, help="Seconds a job may run [default: no limit].")
+@click.option("--checkpoint-every", type=float, default=1.0, show_default=True,
+              help="Seconds between checkpoints.")
+@click.option("--drain-timeout", type=float, default=30.0, show_default=True,
+              help="After Ctrl-C, seconds to let jobs in flight finish.")
+@click.option("--max-failures", type=int, help="Stop once this many jobs failed for good.")
+@click.option("--batch-size", type=int, help="Jobs per batch [default: adapts to job time].")
+@click.option("--get-jobs", "get_jobs_name", default="get_jobs", show_default=True,
+              help="Generator function (NAME, or module:NAME).")
+@click.option("--handle-job", "handle_job_name", default="handle_job", show_default=True,
+              help="Handler function (NAME, or module:NAME).")
+@click.option("--no-progress", is_flag=True, help="No live display, even on a terminal.")
+@click.option("--log-every", type=float, default=30.0, show_default=True,
+              help="Seconds between status lines when stderr is not a terminal.")
+def run_command(target: str, args: tuple[str, ...], **opts: Any) -> None:
+    """Run handle_job on every job get_jobs yields, on WORKERS processes of this machine.
+
+    TARGET is a job module: a file (jobs.py) or a dotted module (mypkg.jobs) defining
+    get_jobs(last=None, **kwargs) and handle_job(job). KEY=VALUE arguments are passed to
+    get_jobs as strings. Progress is checkpointed; after a crash or Ctrl-C, run the same
+    command with --resume.
+
+    Exit codes: 0 all done; 1 some jobs failed (see the failures file) or get_jobs raised;
+    2 bad usage or input; 74 the state folder failed; 75 another run holds the state file;
+    130 interrupted (checkpoint written).
+    """
+    reporter: Any = None
+    try:
+        workers, rest = _split_args(args, opts.pop("workers"))
+        kwargs = parse_kwargs(rest)
+        tgt = load_target(target, opts.pop("get_jobs_name"), opts.pop("handle_job_name"))
+        no_progress, log_every = opts.pop("no_progress"), opts.pop("log_every")
+        if opts["state_file"] is None:
+            opts["state_file"] = default_state_file(tgt.stem, kwargs)
+        live = not no_progress and sys.stderr.isatty()
+        reporter = RichReporter() if live else PlainReporter(every=log_every)
+        assert tgt.get_jobs is not None and tgt.handle_job is not None
+        stats = run(
+            tgt.get_jobs,
+            tgt.handle_job,
+            kwargs=kwargs,
+            target=tgt.identity,
+            reporter=reporter,
+            setup_worker=tgt.setup_worker,
+            teardown_worker=tgt.teardown_worker,
+            workers=workers if workers is not None else default_workers(),
+            **opts,
+        )
+    except TaskmasterError as exc:
+        if reporter is not None:
+            reporter.close()
+        if isinstance(exc, GeneratorError) and exc.traceback_text:
+            click.echo(exc.traceback_text.rstrip(), err=True)
+        _fail(str(exc), exc.exit_code)
+        return
+    except click.UsageError:
+        raise
+    reporter.close()
+    _report_end(stats, reporter)
+    sys.exit(stats.exit_code)
+
+
+def main() -> None:  # pragma: no cover - exercised through the console script
+    run_command(prog_name="tm-run")
+
+
+__all__ = ["run_command", "main", "EXIT_USAGE"]

@@ -1,0 +1,67 @@
+"""Encoding jobs for the trip to a worker: pickle protocol 5, dill only where pickle fails.
+
+Jobs are encoded in the parent, per batch, so a job that cannot be serialized is caught
+before it reaches a pipe and named by its seq.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import dill
+
+PICKLE = "pickle"
+DILL = "dill"
+
+
+class EncodeError(Exception):
+    """A job that neither pickle nor dill can serialize."""
+
+
+def dumps(obj: Any) -> tuple[str, bytes]:
+    """Serialize ``obj``; returns the codec used and the bytes."""
+    try:
+        return PICKLE, pickle.dumps(obj, protocol=5)
+    except Exception:
+        pass
+    try:
+        return DILL, dill.dumps(obj, protocol=5)
+    except Exception as exc:
+        raise EncodeError(f"{type(exc).__name__}: {exc}") from None
+
+
+def loads(codec: str, data: bytes) -> Any:
+    if codec == DILL:
+        return dill.loads(data)
+    return pickle.loads(data)
+
+
+def encode_batch(jobs: Sequence[Any]) -> tuple[str, bytes] | None:
+    """Encode a whole batch, or return None when some job in it cannot be serialized."""
+    try:
+        return dumps(list(jobs))
+    except EncodeError:
+        return None
+
+
+def digest(data: bytes) -> str:
+    """A short content digest: equal jobs encode alike, so a changed job changes it."""
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+def job_digest(job: Any) -> str:
+    try:
+        return digest(dumps(job)[1])
+    except EncodeError:
+        return digest(repr(job).encode("utf-8", "replace"))
+
+
+def short_repr(obj: Any, limit: int = 200) -> str:
+    try:
+        text = repr(obj)
+    except Exception as exc:  # a broken __repr__ must not break the run
+        text = f"<{type(obj).__name__} with failing repr: {exc!r}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,525 @@
+"""The parent loop: pull jobs into the window, hand batches to a transport, take results back.
+
+One step of the loop dispatches what it can, waits for events (or a signal, or a timer),
+handles them, and checkpoints when due. It knows nothing of processes or sockets: any
+:class:`~taskmaster.messages.Transport` works, so the local runner and the ZeroMQ master
+share every rule about retries, failures and the watermark.
+
+Rules that keep jobs from being lost:
+- the watermark passes a seq only when its result arrived, or its failure is fsynced in
+  the failures file (failures are written before the checkpoint that counts them);
+- a batch held by a worker that died runs again: split into smaller pieces, uncharged,
+  until a single job is left; a single job that loses its worker is charged an attempt;
+- nothing is checkpointed after a failed write to the state folder.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import codec
+from .checkpoint import Anchor, State
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, GeneratorError, StateIOError
+from .failures import FailureLog, FailureRecord, make_record
+from .ledger import Ledger, Unit
+from .messages import (
+    BatchDone,
+    BatchUnreadable,
+    Event,
+    JobTimedOut,
+    Output,
+    TaskSent,
+    Transport,
+    WorkerLost,
+)
+from .options import Options
+from .source import JobSource
+
+BATCH_SECONDS = 0.05  # aim for batches of about this much work: short jobs batch, long do not
+MAX_BATCH = 4096
+TICK = 0.1
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    task_id: int
+    unit: Unit
+    lo: int  # index range in unit.jobs
+    hi: int
+    attempt: int  # 1 for a first run; every charged loss or failure adds one
+    not_before: float = 0.0
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What the progress display shows."""
+
+    done: int
+    failed: int
+    retried: int
+    in_flight: int
+    watermark: int
+    done_this_run: int
+    elapsed: float
+    workers_lost: int
+    stopping: bool
+
+
+@dataclass(slots=True)
+class RunStats:
+    """What a run did; ``taskmaster.run`` returns it."""
+
+    done: int = 0  # all runs together
+    failed: int = 0
+    done_this_run: int = 0
+    failed_this_run: int = 0
+    retried: int = 0
+    skipped: int = 0  # resolved by a previous run above its watermark
+    workers_lost: int = 0
+    elapsed: float = 0.0
+    watermark: int = 0
+    finished: bool = False
+    interrupted: bool = False
+    exit_code: int = EXIT_OK
+    state_file: str | None = None
+    failures_file: str | None = None
+    failure_records: list[FailureRecord] = field(default_factory=list)
+    generator_error: GeneratorError | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.done_this_run / self.elapsed if self.elapsed > 0 else 0.0
+
+
+class Reporter(Protocol):
+    def message(self, text: str) -> None: ...
+
+    def tick(self, snap: Snapshot) -> None: ...
+
+
+class StateSink(Protocol):
+    def write(self, state: State) -> None: ...
+
+
+class Coordinator:
+    def __init__(
+        self,
+        options: Options,
+        source: JobSource,
+        transport: Transport,
+        ledger: Ledger,
+        base_state: State,
+        state_sink: StateSink | None,
+        failure_log: FailureLog | None,
+        reporter: Reporter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.opt = options
+        self.source = source
+        self.transport = transport
+        self.ledger = ledger
+        self.base = base_state
+        self.sink = state_sink
+        self.failure_log = failure_log
+        self.reporter = reporter
+        self.clock = clock
+        self.stats = RunStats()
+        self._initial = (ledger.done, ledger.failed)
+        self._task_ids = 0
+        self.in_flight: dict[int, Task] = {}
+        self.ready: collections.deque[Task] = collections.deque()
+        self.delayed: list[tuple[float, int, Task]] = []
+        self._timed_out: dict[int, tuple[int, float]] = {}
+        self._per_job = 0.0  # EWMA of seconds per job, from workers' reports
+        self._batch = 1
+        self.stopping: str | None = None  # why the run stops early, once it does
+        self._stop_at = 0.0
+        self.aborted = False
+        self.io_error: StateIOError | None = None
+        self._saved: tuple[int, int, int] | None = None
+        self._last_ckpt = 0.0
+        self._last_tick = 0.0
+        self.wake_fds: list[int] = []
+        self.on_wake: Callable[[], None] = lambda: None
+        self._t0 = clock()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> RunStats:
+        started = self._t0 = self.clock()
+        self._last_ckpt = started
+        if self.source.notice:
+            self.reporter.message(self.source.notice)
+        try:
+            while not self._over():
+                self.step()
+        finally:
+            self.transport.close(kill=self.aborted)
+            self.stats.elapsed = self.clock() - started
+        self.checkpoint(final=True)
+        return self._final_stats()
+
+    def step(self) -> None:
+        """One turn: dispatch, wait for events (or a timer), handle them, checkpoint."""
+        now = self.clock()
+        if self.stopping and now - self._stop_at > self.opt.drain_timeout:
+            self.abort(f"jobs still running after --drain-timeout {self.opt.drain_timeout:g} s")
+            return
+        self._dispatch(now)
+        if self._over():
+            return
+        events = self.transport.wait(self._timeout(now), self.wake_fds)
+        self.on_wake()
+        for event in events:
+            self.handle(event)
+        now = self.clock()
+        if now - self._last_ckpt >= self.opt.checkpoint_every:
+            self.checkpoint()
+        if now - self._last_tick >= TICK:
+            self._last_tick = now
+            self.reporter.tick(self.snapshot(now))
+
+    def _over(self) -> bool:
+        if self.aborted:
+            return True
+        if self.in_flight:
+            return False
+        if self.stopping:
+            return True
+        if self.ready or self.delayed:
+            return False
+        return self.source.exhausted or self._limit_reached()
+
+    def _timeout(self, now: float) -> float:
+        timeout = min(TICK, max(0.0, self._last_ckpt + self.opt.checkpoint_every - now))
+        if self.delayed:
+            timeout = min(timeout, max(0.0, self.delayed[0][0] - now))
+        return timeout
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def request_stop(self, why: str) -> None:
+        """Stop pulling and dispatching; let batches in flight finish (first Ctrl-C)."""
+        if self.stopping is None:
+            self.stopping = why
+            self._stop_at = self.clock()
+
+    def abort(self, why: str) -> None:
+        """Stop now: workers are killed, their jobs stay unresolved (second Ctrl-C)."""
+        self.request_stop(why)
+        self.aborted = True
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _dispatch(self, now: float) -> None:
+        if self.stopping:
+            return
+        while self.delayed and self.delayed[0][0] <= now:
+            self.ready.append(heapq.heappop(self.delayed)[2])
+        while self.transport.free_slots() > 0:
+            if self.ready:
+                self._send(self.ready.popleft())
+            elif not self._pull():
+                break
+
+    def _limit_reached(self) -> bool:
+        return self.opt.limit is not None and self.ledger.next_seq >= self.opt.limit
+
+    def _pull(self) -> bool:
+        """Pull one unit into the window and send it; False when nothing can be pulled."""
+        ledger = self.ledger
+        while not self.source.exhausted and not self._limit_reached():
+            room = self.opt.size - ledger.held
+            if room <= 0:
+                return False
+            n = min(self._batch_size(), room)
+            if self.opt.limit is not None:
+                n = min(n, self.opt.limit - ledger.next_seq)
+            skip_at = ledger.next_resolved_start()
+            if skip_at is not None and skip_at > ledger.next_seq:
+                n = min(n, skip_at - ledger.next_seq)
+            elif skip_at == ledger.next_seq:
+                if self._skip_resolved():
+                    continue
+                return True
+            jobs = self.source.pull(n)
+            if jobs:
+                self._send(self._new_task(ledger.open_unit(jobs), 0, len(jobs), 1))
+                return True
+        if self.source.error is not None and self.stopping is None:
+            self.request_stop("get_jobs raised")
+        return False
+
+    def _skip_resolved(self) -> bool:
+        """At a range a previous run resolved: skip it if its jobs are unchanged."""
+        rng = self.ledger.resolved_range_at(self.ledger.next_seq)
+        assert rng is not None
+        jobs = self.source.pull(rng.end - rng.start, max_wait=float("inf"))
+        if not jobs:
+            return True
+        encoded = codec.encode_batch(jobs)
+        if len(jobs) == rng.end - rng.start and encoded and codec.digest(encoded[1]) == rng.digest:
+            self.ledger.skip_resolved(len(jobs), jobs[-1])
+            self.stats.skipped += len(jobs)
+            return True
+        self._send(self._new_task(self.ledger.open_unit(jobs), 0, len(jobs), 1))
+        return False
+
+    def _batch_size(self) -> int:
+        if self.opt.batch_size is not None:
+            return self.opt.batch_size
+        # Short jobs go in big batches; long jobs alone, so none waits behind another.
+        slots = max(1, self.transport.free_slots() + len(self.in_flight))
+        cap = max(1, min(MAX_BATCH, self.opt.size // slots))
+        if self._per_job <= 0:
+            self._batch = min(cap, self._batch * 2)  # no measure yet: grow from 1
+            return self._batch
+        return max(1, min(cap, int(BATCH_SECONDS / self._per_job)))
+
+    def _new_task(self, unit: Unit, lo: int, hi: int, attempt: int) -> Task:
+        self._task_ids += 1
+        return Task(self._task_ids, unit, lo, hi, attempt)
+
+    def _send(self, task: Task) -> None:
+        unit = task.unit
+        whole = task.lo == 0 and task.hi == len(unit.jobs)
+        jobs = unit.jobs if whole else unit.jobs[task.lo : task.hi]
+        encoded = codec.encode_batch(jobs)
+        if encoded is None:
+            self._isolate_unencodable(task)
+            return
+        name, payload = encoded
+        if whole and unit.digest is None:
+            unit.digest = codec.digest(payload)
+        self.in_flight[task.task_id] = task
+        self.transport.send(
+            TaskSent(task.task_id, unit.start + task.lo, task.hi - task.lo, name, payload)
+        )
+
+    def _isolate_unencodable(self, task: Task) -> None:
+        """Fail the jobs that cannot be serialized; send the others in contiguous pieces."""
+        unit, bad, start = task.unit, [], task.lo
+        pieces: list[Task] = []
+        for i in range(task.lo, task.hi):
+            try:
+                codec.dumps(unit.jobs[i])
+            except codec.EncodeError as exc:
+                bad.append((i, f"EncodeError: job of type {type(unit.jobs[i]).__name__} "
+                            f"cannot be serialized by pickle or dill ({exc})", ""))
+                if i > start:
+                    pieces.append(self._new_task(unit, start, i, task.attempt))
+                start = i + 1
+        if start < task.hi:
+            pieces.append(self._new_task(unit, start, task.hi, task.attempt))
+        self._fail_for_good(unit, bad, task.attempt)
+        self.ready.extendleft(reversed(pieces))
+
+    # -- results ---------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, BatchDone):
+            self._on_done(event)
+        elif isinstance(event, WorkerLost):
+            self._on_lost(event)
+        elif isinstance(event, JobTimedOut):
+            self._timed_out[event.task_id] = (event.index, event.seconds)
+        elif isinstance(event, BatchUnreadable):
+            task = self.in_flight.pop(event.task_id, None)
+            if task is not None:
+                self._lost_task(task, event.error, event.traceback)
+        elif isinstance(event, Output):
+            self.reporter.message(event.text)
+
+    def _on_done(self, event: BatchDone) -> None:
+        task = self.in_flight.pop(event.task_id, None)
+        if task is None:
+            return  # a late answer for a batch already re-dispatched: counted once
+        n = task.hi - task.lo
+        self._per_job = event.elapsed / n if self._per_job <= 0 else (
+            0.8 * self._per_job + 0.2 * event.elapsed / n
+        )
+        if not event.failures:
+            self.ledger.resolve(task.unit, done=n)
+            return
+        final: list[tuple[int, str, str]] = []
+        for failure in event.failures:
+            index = task.lo + failure.index
+            if task.attempt <= self.opt.retries:
+                self._retry(task.unit, index, task.attempt)
+            else:
+                final.append((index, failure.error, failure.traceback))
+        self.ledger.resolve(task.unit, done=n - len(event.failures))
+        self._fail_for_good(task.unit, final, task.attempt)
+
+    def _retry(self, unit: Unit, index: int, attempt: int) -> None:
+        retry = self._new_task(unit, index, index + 1, attempt + 1)
+        delay = self.opt.retry_delay * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+        retry.not_before = self.clock() + delay
+        heapq.heappush(self.delayed, (retry.not_before, retry.task_id, retry))
+        self.stats.retried += 1
+
+    def _on_lost(self, event: WorkerLost) -> None:
+        self.stats.workers_lost += 1
+        tasks = [t for t in (self.in_flight.pop(i, None) for i in event.task_ids) if t]
+        seqs = ", ".join(_seq_range(t) for t in tasks) or "no jobs"
+        if self.stopping and not self.aborted:
+            self.reporter.message(
+                f"worker {event.worker_id} (pid {event.pid}) {event.reason} holding {seqs}; "
+                "they stay unresolved and run again on --resume"
+            )
+            return
+        self.reporter.message(
+            f"worker {event.worker_id} (pid {event.pid}) {event.reason} holding {seqs}; "
+            "they will run again"
+        )
+        error = f"WorkerDied: worker {event.worker_id} (pid {event.pid}) {event.reason}"
+        for task in tasks:
+            timed_out = self._timed_out.pop(task.task_id, None)
+            if timed_out is None:
+                self._lost_task(task, error, "")
+                continue
+            index, seconds = timed_out
+            at = task.lo + index
+            for lo, hi in ((task.lo, at), (at + 1, task.hi)):
+                if lo < hi:
+                    self.ready.appendleft(self._new_task(task.unit, lo, hi, task.attempt))
+            self._charge(self._new_task(task.unit, at, at + 1, task.attempt),
+                         f"JobTimeout: job ran over --job-timeout ({seconds:.1f} s)", "")
+
+    def _lost_task(self, task: Task, error: str, tb: str) -> None:
+        """A batch came back without results: isolate the culprit by splitting, then charge."""
+        n = task.hi - task.lo
+        if n == 1:
+            self._charge(task, error, tb)
+            return
+        step = max(1, -(-n // 4))
+        pieces = [
+            self._new_task(task.unit, lo, min(lo + step, task.hi), task.attempt)
+            for lo in range(task.lo, task.hi, step)
+        ]
+        self.ready.extendleft(reversed(pieces))
+
+    def _charge(self, task: Task, error: str, tb: str) -> None:
+        if task.attempt <= self.opt.retries:
+            self._retry(task.unit, task.lo, task.attempt)
+        else:
+            self._fail_for_good(task.unit, [(task.lo, error, tb)], task.attempt)
+
+    def _fail_for_good(self, unit: Unit, failures: list[tuple[int, str, str]], attempts: int) -> None:
+        """Record failures durably, then count them resolved."""
+        if not failures:
+            return
+        records = [make_record(unit.start + i, unit.jobs[i], e, tb, attempts) for i, e, tb in failures]
+        if self.failure_log is None:
+            self.stats.failure_records.extend(records)
+        elif self.io_error is None:
+            try:
+                self.failure_log.append(records)
+            except StateIOError as exc:
+                self._io_failed(exc)
+                return  # not durable, so not resolved: they run again on --resume
+        else:
+            return
+        self.ledger.resolve(unit, failed=len(records))
+        if self.opt.max_failures is not None and self._failed_this_run() >= self.opt.max_failures:
+            self.request_stop(f"--max-failures {self.opt.max_failures} reached")
+
+    def _failed_this_run(self) -> int:
+        return self.ledger.failed - self._initial[1]
+
+    def _io_failed(self, exc: StateIOError) -> None:
+        if self.io_error is None:
+            self.io_error = exc
+            self.reporter.message(str(exc))
+            self.request_stop("the state folder failed")
+
+    # -- checkpoint and stats --------------------------------------------------------------
+
+    def state(self, final: bool = False) -> State:
+        ledger = self.ledger
+        wm = ledger.watermark
+        anchor = None
+        lowest = ledger.lowest_open()
+        if lowest is not None:
+            anchor = Anchor(wm, lowest.jobs[0], codec.job_digest(lowest.jobs[0]))
+        elif ledger.tail is not None:
+            anchor = Anchor(ledger.tail[0], ledger.tail[1], codec.job_digest(ledger.tail[1]))
+        finished = final and self.source.exhausted and self.source.error is None and not (
+            ledger.open_units or self.stopping
+        )
+        elapsed = max(1e-9, self.clock() - self._t0)
+        return State(
+            target=self.base.target,
+            kwargs=self.base.kwargs,
+            watermark=wm,
+            anchor=anchor,
+            resolved=tuple(ledger.resolved_above()),
+            done=ledger.done,
+            failed=ledger.failed,
+            finished=finished,
+            limit=self.opt.limit,
+            started=self.base.started,
+            updated=time.time(),
+            runs=self.base.runs,
+            rate=(ledger.done - self._initial[0]) / elapsed,
+        )
+
+    def checkpoint(self, final: bool = False) -> None:
+        """Write the state file if anything changed (always at the end)."""
+        self._last_ckpt = self.clock()
+        if self.sink is None or self.io_error is not None:
+            return
+        key = (self.ledger.watermark, self.ledger.done, self.ledger.failed)
+        if key == self._saved and not final:
+            return
+        try:
+            self.sink.write(self.state(final))
+            self._saved = key
+        except StateIOError as exc:
+            self._io_failed(exc)
+
+    def snapshot(self, now: float) -> Snapshot:
+        return Snapshot(
+            done=self.ledger.done,
+            failed=self.ledger.failed,
+            retried=self.stats.retried,
+            in_flight=sum(t.hi - t.lo for t in self.in_flight.values()),
+            watermark=self.ledger.watermark,
+            done_this_run=self.ledger.done - self._initial[0],
+            elapsed=now - self._t0,
+            workers_lost=self.stats.workers_lost,
+            stopping=self.stopping is not None,
+        )
+
+    def _final_stats(self) -> RunStats:
+        s = self.stats
+        s.done, s.failed = self.ledger.done, self.ledger.failed
+        s.done_this_run = self.ledger.done - self._initial[0]
+        s.failed_this_run = self._failed_this_run()
+        s.watermark = self.ledger.watermark
+        s.finished = self.source.exhausted and not self.stopping and not self.ledger.open_units
+        s.generator_error = self.source.error
+        s.interrupted = self.stopping is not None and self.io_error is None
+        if self.io_error is not None:
+            s.exit_code = self.io_error.exit_code
+        elif self.source.error is not None:
+            s.exit_code = EXIT_FAILED
+        elif self.stopping and "max-failures" in self.stopping:
+            s.exit_code = EXIT_FAILED
+        elif self.stopping:
+            s.exit_code = EXIT_INTERRUPTED
+        else:
+            s.exit_code = EXIT_FAILED if self.ledger.failed else EXIT_OK
+        return s
+
+
+def _seq_range(task: Task) -> str:
+    first = task.unit.start + task.lo
+    last = task.unit.start + task.hi - 1
+    return f"job {first}" if first == last else f"jobs {first}-{last}"

@@ -1,0 +1,191 @@
+"""The local transport: forked worker processes, one duplex pipe each.
+
+No queue is shared between workers: a worker SIGKILLed while holding a shared queue's lock
+would wedge the others. The parent waits on every pipe and every process sentinel at once
+(``multiprocessing.connection.wait``), so it learns of a death the moment it happens and
+knows exactly which batches the dead worker held. It then starts a replacement.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+
+from .messages import (
+    BatchDone,
+    BatchUnreadable,
+    Event,
+    JobTimedOut,
+    Stop,
+    TaskSent,
+    WorkerLost,
+)
+from .worker import EXIT_PARENT_GONE, EXIT_TIMEOUT, WorkerSpec, worker_main
+
+_CAUSES = {
+    signal.SIGKILL: "the OOM killer, or someone ran kill -9",
+    signal.SIGSEGV: "a crash in C code (segfault)",
+    signal.SIGBUS: "a crash in C code (bus error)",
+    signal.SIGABRT: "an abort() in C code",
+    signal.SIGTERM: "someone sent SIGTERM to the worker",
+}
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Why a worker process ended, in words, with the likely causes."""
+    if exitcode is None:
+        return "vanished"
+    if exitcode < 0:
+        try:
+            sig = signal.Signals(-exitcode)
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+        cause = _CAUSES.get(sig)
+        return f"was killed by {sig.name}" + (f" ({cause})" if cause else "")
+    if exitcode == EXIT_TIMEOUT:
+        return "was stopped because a job ran past --job-timeout"
+    if exitcode == EXIT_PARENT_GONE:
+        return "lost its parent"
+    return (
+        f"exited with code {exitcode} while holding jobs "
+        "(the handler called os._exit(), or sys.exit() outside a job?)"
+    )
+
+
+@dataclass(slots=True, eq=False)
+class _Handle:
+    worker_id: int
+    process: BaseProcess
+    conn: Connection
+    held: set[int] = field(default_factory=set)
+    stopping: bool = False
+
+
+class LocalTransport:
+    """N forked workers with ``threads + prefetch`` batch slots each."""
+
+    def __init__(self, spec: WorkerSpec, workers: int, prefetch: int = 1) -> None:
+        self.spec = spec
+        self.n_workers = workers
+        self.slots_each = spec.threads + prefetch
+        self._ctx = multiprocessing.get_context("fork")
+        self._workers: dict[int, _Handle] = {}
+        self._next_id = 0
+        self.lost = 0
+
+    def describe(self) -> str:
+        return f"{self.n_workers} worker processes x {self.spec.threads} threads"
+
+    def start(self) -> None:
+        for _ in range(self.n_workers):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        worker_id = self._next_id
+        self._next_id += 1
+        parent_end, child_end = self._ctx.Pipe(duplex=True)
+        inherited = [h.conn.fileno() for h in self._workers.values()] + [parent_end.fileno()]
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(child_end, self.spec, os.getpid(), inherited),
+            name=f"taskmaster-worker-{worker_id}",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        self._workers[worker_id] = _Handle(worker_id, process, parent_end)
+
+    def pids(self) -> list[int]:
+        return [h.process.pid for h in self._workers.values() if h.process.pid is not None]
+
+    def free_slots(self) -> int:
+        return sum(self.slots_each - len(h.held) for h in self._workers.values() if not h.stopping)
+
+    def send(self, task: TaskSent) -> None:
+        handle = max(
+            (h for h in self._workers.values() if not h.stopping),
+            key=lambda h: self.slots_each - len(h.held),
+        )
+        handle.held.add(task.task_id)
+        try:
+            handle.conn.send_bytes(pickle.dumps(task, protocol=5))
+        except OSError:
+            pass  # the worker died mid-send: its sentinel reports the batch as lost
+
+    def wait(self, timeout: float | None, wake_fds: list[int]) -> list[Event]:
+        by_conn = {h.conn: h for h in self._workers.values()}
+        by_sentinel = {h.process.sentinel: h for h in self._workers.values()}
+        ready = wait([*by_conn, *by_sentinel, *wake_fds], timeout)
+        events: list[Event] = []
+        dead: list[_Handle] = []
+        for obj in ready:
+            if obj in by_conn:
+                if not self._drain(by_conn[obj], events):  # type: ignore[index]
+                    dead.append(by_conn[obj])  # type: ignore[index]
+            elif obj in by_sentinel:
+                dead.append(by_sentinel[obj])  # type: ignore[index]
+        for handle in dict.fromkeys(dead):
+            self._drain(handle, events)  # results it sent before dying still count
+            events.append(self._bury(handle))
+        return events
+
+    def _drain(self, handle: _Handle, events: list[Event]) -> bool:
+        """Read every message waiting on a worker's pipe; False when the pipe is closed."""
+        conn = handle.conn
+        try:
+            while conn.poll():
+                event = pickle.loads(conn.recv_bytes())
+                if isinstance(event, (BatchDone, BatchUnreadable)):
+                    handle.held.discard(event.task_id)
+                events.append(event)
+        except (EOFError, OSError):
+            return False
+        return True
+
+    def _bury(self, handle: _Handle) -> Event:
+        handle.process.join(timeout=5)
+        handle.conn.close()
+        del self._workers[handle.worker_id]
+        held = tuple(sorted(handle.held))
+        self.lost += 1
+        if not handle.stopping:
+            self._spawn()
+        return WorkerLost(
+            handle.worker_id,
+            handle.process.pid or 0,
+            held,
+            describe_exit(handle.process.exitcode),
+        )
+
+    def kill_worker_holding(self, task_id: int) -> None:
+        """Kill the worker holding a task, e.g. one whose job hung past its timeout."""
+        for handle in self._workers.values():
+            if task_id in handle.held and handle.process.pid:
+                os.kill(handle.process.pid, signal.SIGKILL)
+
+    def close(self, kill: bool = False) -> None:
+        """Stop every worker: politely (Stop, then join), or at once with SIGKILL."""
+        for handle in self._workers.values():
+            handle.stopping = True
+            if kill and handle.process.pid:
+                os.kill(handle.process.pid, signal.SIGKILL)
+            else:
+                try:
+                    handle.conn.send_bytes(pickle.dumps(Stop()))
+                except OSError:
+                    pass
+        for handle in list(self._workers.values()):
+            handle.process.join(timeout=5 if kill else 30)
+            if handle.process.is_alive() and handle.process.pid:
+                os.kill(handle.process.pid, signal.SIGKILL)
+                handle.process.join()
+            handle.conn.close()
+        self._workers.clear()
+
+
+__all__ = ["LocalTransport", "describe_exit", "JobTimedOut"]

@@ -1,0 +1,101 @@
+"""The small facts that cross between the coordinator and a transport.
+
+Transports (local processes, ZeroMQ) turn these into bytes their own way; the coordinator
+only sees these classes. Exceptions cross as text, never as live objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSent:
+    """A batch of jobs for a worker: ``count`` jobs starting at ``first_seq``."""
+
+    task_id: int
+    first_seq: int
+    count: int
+    codec: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailed:
+    index: int  # position in the batch
+    error: str  # "Type: message"
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    """Every job of a batch ran; the ones in ``failures`` raised."""
+
+    task_id: int
+    elapsed: float
+    failures: tuple[JobFailed, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchUnreadable:
+    """The worker could not decode the batch (a job's class failed to unpickle)."""
+
+    task_id: int
+    error: str
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobTimedOut:
+    """A job ran past --job-timeout; its worker is about to exit."""
+
+    task_id: int
+    index: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLost:
+    """A worker is gone; the batches it held must run again."""
+
+    worker_id: int
+    pid: int
+    task_ids: tuple[int, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Text a worker printed, to be shown above the progress display."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Tells a worker to finish what it holds and exit."""
+
+
+Event = BatchDone | BatchUnreadable | JobTimedOut | WorkerLost | Output
+
+
+class Transport(Protocol):
+    """Gives batches to workers and reports what came back.
+
+    ``wait`` blocks until an event arrives, a file descriptor in ``wake_fds`` is readable
+    or ``timeout`` passes. A transport never drops a batch silently: a batch sent is
+    answered by a BatchDone, a BatchUnreadable, or its id in a WorkerLost.
+    """
+
+    def start(self) -> None: ...
+
+    def free_slots(self) -> int: ...
+
+    def send(self, task: TaskSent) -> None: ...
+
+    def wait(self, timeout: float | None, wake_fds: list[int]) -> list[Event]: ...
+
+    def describe(self) -> str: ...
+
+    def close(self, kill: bool = False) -> None: ...

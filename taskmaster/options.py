@@ -1,0 +1,72 @@
+"""One frozen Options, built from one defaults table and validated once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+from .errors import UsageError
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Everything a run can be told; the CLI and ``taskmaster.run`` both build one."""
+
+    workers: int = field(default_factory=default_workers)
+    threads: int = 1
+    size: int = 10_000
+    retries: int = 2
+    retry_delay: float = 0.1
+    job_timeout: float | None = None
+    checkpoint_every: float = 1.0
+    drain_timeout: float = 30.0
+    max_failures: int | None = None
+    limit: int | None = None
+    batch_size: int | None = None  # fixed batch size; None adapts to job duration
+    state_file: str | None = None
+    failures_file: str | None = None
+    resume: bool = False
+    reset: bool = False
+    progress: bool | None = None  # None: only when stderr is a terminal
+
+    def __post_init__(self) -> None:
+        _between("workers", self.workers, 1, 1024)
+        _between("threads", self.threads, 1, 4096)
+        _between("size", self.size, 1, 100_000_000)
+        _between("retries", self.retries, 0, 1000)
+        _positive("retry-delay", self.retry_delay, zero_ok=True)
+        _positive("checkpoint-every", self.checkpoint_every)
+        _positive("drain-timeout", self.drain_timeout, zero_ok=True)
+        if self.job_timeout is not None:
+            _positive("job-timeout", self.job_timeout)
+        if self.max_failures is not None:
+            _between("max-failures", self.max_failures, 1, 10**12)
+        if self.limit is not None:
+            _between("limit", self.limit, 1, 10**15)
+        if self.batch_size is not None:
+            _between("batch-size", self.batch_size, 1, 1_000_000)
+        if self.resume and self.reset:
+            raise UsageError(
+                "--resume and --reset contradict each other: --resume continues the "
+                "checkpoint, --reset deletes it. Pick one."
+            )
+
+    @classmethod
+    def names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+
+def _between(name: str, value: int, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise UsageError(f"--{name} must be a whole number from {low} to {high}, got {value!r}")
+
+
+def _positive(name: str, value: float, zero_ok: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and (value >= 0 if zero_ok else value > 0)
+    if not ok or value != value or value == float("inf"):
+        least = "0 or more" if zero_ok else "more than 0"
+        raise UsageError(f"--{name} must be a number of seconds, {least}, got {value!r}")

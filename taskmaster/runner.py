@@ -1,0 +1,243 @@
+"""Assembling a run: options, the state file and its lock, the source, the transport.
+
+``run`` is the public Python API and what ``tm-run`` calls. It raises TaskmasterError for
+bad input and returns RunStats otherwise; it never exits the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from . import checkpoint
+from .checkpoint import State, StateLock
+from .coordinator import Coordinator, Reporter, RunStats, Snapshot
+from .errors import CheckpointError, UsageError
+from .failures import FailureLog
+from .ledger import Ledger
+from .local import LocalTransport
+from .messages import Transport
+from .options import Options
+from .source import open_source
+from .worker import WorkerSpec
+
+
+class QuietReporter:
+    def message(self, text: str) -> None:
+        pass
+
+    def tick(self, snap: Snapshot) -> None:
+        pass
+
+
+def default_state_file(stem: str, kwargs: dict[str, str], folder: str = ".") -> str:
+    """``<stem>.state.json``, or ``<stem>-<hash>.state.json`` when there are kwargs."""
+    if kwargs:
+        canon = json.dumps(sorted(kwargs.items()), separators=(",", ":"))
+        stem = f"{stem}-{hashlib.sha256(canon.encode()).hexdigest()[:8]}"
+    return os.path.join(folder, f"{stem}.state.json")
+
+
+def failures_file_for(state_file: str) -> str:
+    base = state_file.removesuffix(".json").removesuffix(".state")
+    return base + ".failures.jsonl"
+
+
+def describe_state(state: State) -> str:
+    when = datetime.datetime.fromtimestamp(state.updated).strftime("%Y-%m-%d %H:%M:%S")
+    return (
+        f"watermark {state.watermark:,}, {state.done:,} done, {state.failed:,} failed, "
+        f"last written {when}"
+    )
+
+
+class _StateFile:
+    """The checkpoint sink: every write is durable (see checkpoint.write_durable)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def write(self, state: State) -> None:
+        checkpoint.write_durable(self.path, checkpoint.encode(state))
+
+
+def _prepare_state(
+    options: Options, path: str, target: str, kwargs: dict[str, str], reporter: Reporter
+) -> State | None:
+    """Validate the existing checkpoint against this run; returns it when resuming."""
+    checkpoint.remove_stale_temps(path)
+    failures = options.failures_file or failures_file_for(path)
+    if options.reset:
+        for p in (path, failures):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+    existing = checkpoint.read(path)
+    if existing is None:
+        if options.resume:
+            reporter.message(f"no checkpoint at {path}: starting from the beginning")
+        return None
+    if not options.resume:
+        raise UsageError(
+            f"a checkpoint exists at {path} ({describe_state(existing)}"
+            f"{', finished' if existing.finished else ''}). Pass --resume to continue it, or "
+            "--reset to delete it and start over."
+        )
+    if existing.target != target or existing.kwargs != kwargs:
+        raise CheckpointError(
+            f"{path} belongs to another run: target {existing.target} with "
+            f"{_kw(existing.kwargs)}, not {target} with {_kw(kwargs)}. Use --state-file to "
+            "keep separate checkpoints, or --reset to start this one over."
+        )
+    return existing
+
+
+def _kw(kwargs: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(kwargs.items())) or "no arguments"
+
+
+@contextlib.contextmanager
+def _signals(coord: Coordinator, reporter: Reporter) -> Iterator[None]:
+    """First Ctrl-C/SIGTERM: drain; second: abort. Handlers only count; the loop acts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    count = [0]
+
+    def handler(signum: int, frame: Any) -> None:
+        count[0] += 1
+
+    def on_wake() -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(r, 512)
+        if count[0] == 1 and coord.stopping is None:
+            coord.request_stop("interrupted")
+            reporter.message(
+                f"stopping: finishing the jobs in flight (up to {coord.opt.drain_timeout:g} s); "
+                "press Ctrl-C again to stop at once"
+            )
+        elif count[0] >= 2 and not coord.aborted:
+            coord.abort("interrupted twice")
+            reporter.message("stopping now: workers killed; their jobs run again on --resume")
+
+    old_wakeup = signal.set_wakeup_fd(w)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    coord.wake_fds.append(r)
+    coord.on_wake = on_wake
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(r)
+        os.close(w)
+
+
+def run(
+    get_jobs: Callable[..., Any],
+    handle_job: Callable[[Any], Any],
+    *,
+    kwargs: dict[str, str] | None = None,
+    target: str | None = None,
+    reporter: Reporter | None = None,
+    setup_worker: Callable[[], Any] | None = None,
+    teardown_worker: Callable[[], Any] | None = None,
+    transport: Transport | None = None,
+    **options: Any,
+) -> RunStats:
+    """Run ``handle_job`` on every job ``get_jobs(**kwargs)`` yields; see Options for options.
+
+    With ``state_file``, progress is checkpointed there and ``resume=True`` continues a
+    previous run. Raises TaskmasterError for bad input; returns the run's RunStats.
+    """
+    unknown = set(options) - Options.names()
+    if unknown:
+        raise UsageError(
+            f"unknown option(s) {', '.join(sorted(unknown))}; valid: "
+            f"{', '.join(sorted(Options.names()))}"
+        )
+    opt = Options(**options)
+    kwargs = dict(kwargs or {})
+    reporter = reporter or QuietReporter()
+    name = target or f"{get_jobs.__module__}:{get_jobs.__qualname__}"
+    lock = StateLock(opt.state_file) if opt.state_file else None
+    failure_log = None
+    if lock is not None:
+        lock.acquire()
+    try:
+        previous = None
+        base = State(target=name, kwargs=kwargs, started=time.time(), limit=opt.limit)
+        if opt.state_file:
+            previous = _prepare_state(opt, opt.state_file, name, kwargs, reporter)
+            if previous is not None:
+                base = State(
+                    target=name,
+                    kwargs=kwargs,
+                    started=previous.started,
+                    runs=previous.runs + 1,
+                    limit=opt.limit,
+                )
+                if previous.finished:
+                    reporter.message(f"{opt.state_file}: this run already finished; nothing to do")
+                    return RunStats(
+                        done=previous.done, failed=previous.failed, finished=True,
+                        watermark=previous.watermark, exit_code=1 if previous.failed else 0,
+                        state_file=opt.state_file,
+                        failures_file=opt.failures_file or failures_file_for(opt.state_file),
+                    )
+            # Preflight: one durable write before the generator runs, so an unwritable
+            # folder fails before any job does.
+            checkpoint.write_durable(opt.state_file, checkpoint.encode(previous or base))
+            failure_log = FailureLog(opt.failures_file or failures_file_for(opt.state_file))
+        ledger = (
+            Ledger.resume(previous.watermark, previous.resolved, previous.done, previous.failed)
+            if previous
+            else Ledger()
+        )
+        if transport is None:
+            spec = WorkerSpec(
+                handle_job, opt.threads, opt.job_timeout, setup_worker, teardown_worker
+            )
+            transport = LocalTransport(spec, opt.workers)
+        transport.start()  # fork before get_jobs runs, before any thread exists
+        try:
+            source = open_source(
+                get_jobs,
+                kwargs,
+                previous.watermark if previous else 0,
+                previous.anchor if previous else None,
+            )
+        except BaseException:
+            transport.close(kill=True)
+            raise
+        coord = Coordinator(
+            opt,
+            source,
+            transport,
+            ledger,
+            base,
+            _StateFile(opt.state_file) if opt.state_file else None,
+            failure_log,
+            reporter,
+        )
+        with _signals(coord, reporter):
+            stats = coord.run()
+        stats.state_file = opt.state_file
+        stats.failures_file = failure_log.path if failure_log else None
+        return stats
+    finally:
+        if failure_log is not None:
+            failure_log.close()
+        if lock is not None:
+            lock.release()

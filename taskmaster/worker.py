@@ -1,0 +1,238 @@
+"""The worker process: receive batches on a pipe, run ``handle_job`` on threads, report back.
+
+One reader (the main thread) takes batches off the pipe into a local queue as soon as they
+arrive, so the parent never blocks on a busy worker; ``threads`` runner threads (or one
+asyncio loop for ``async def`` handlers) run them and send one result per batch. With
+``--job-timeout``, the reader also watches how long each thread's job has run and, past the
+limit, reports the job and exits: a thread cannot be killed, its process can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import faulthandler
+import inspect
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from . import codec
+from .messages import BatchDone, BatchUnreadable, JobFailed, JobTimedOut, Stop, TaskSent
+
+EXIT_TIMEOUT = 3  # the worker exits with this after reporting a JobTimedOut
+EXIT_PARENT_GONE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What a worker runs; inherited through fork, never pickled."""
+
+    handle_job: Callable[[Any], Any]
+    threads: int = 1
+    job_timeout: float | None = None
+    setup: Callable[[], Any] | None = None
+    teardown: Callable[[], Any] | None = None
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handle_job)
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """``("Type: message", traceback text)`` of an exception, safe for any exception."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<exception with failing __str__>"
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text, "".join(traceback.format_exception(exc))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    # PR_SET_PDEATHSIG: the kernel SIGKILLs us the moment the parent dies, even by kill -9.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the reader still exits on the pipe's EOF
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(EXIT_PARENT_GONE)
+
+
+class Worker:
+    def __init__(self, conn: Connection, spec: WorkerSpec) -> None:
+        self.conn = conn
+        self.spec = spec
+        self.inbox: queue.SimpleQueue[TaskSent | Stop] = queue.SimpleQueue()
+        self.send_lock = threading.Lock()
+        # per runner thread: (task_id, index, started) of the job it runs, for --job-timeout
+        self.current: list[tuple[int, int, float] | None] = [None] * spec.threads
+
+    def send(self, event: object) -> None:
+        data = pickle.dumps(event, protocol=5)
+        with self.send_lock:
+            self.conn.send_bytes(data)
+
+    def decode(self, task: TaskSent) -> list[Any] | None:
+        try:
+            jobs: list[Any] = codec.loads(task.codec, task.payload)
+            return jobs
+        except BaseException as exc:
+            error, tb = describe_error(exc)
+            self.send(BatchUnreadable(task.task_id, error, tb))
+            return None
+
+    def run_batch(self, task: TaskSent, slot: int) -> None:
+        jobs = self.decode(task)
+        if jobs is None:
+            return
+        handle = self.spec.handle_job
+        failures: list[JobFailed] = []
+        started = time.perf_counter()
+        if self.spec.job_timeout is None:
+            for index, job in enumerate(jobs):
+                try:
+                    handle(job)
+                except BaseException as exc:
+                    failures.append(JobFailed(index, *describe_error(exc)))
+        else:
+            current, clock, tid = self.current, time.monotonic, task.task_id
+            for index, job in enumerate(jobs):
+                current[slot] = (tid, index, clock())
+                try:
+                    handle(job)
+                except BaseException as exc:
+                    failures.append(JobFailed(index, *describe_error(exc)))
+            current[slot] = None
+        self.send(BatchDone(task.task_id, time.perf_counter() - started, tuple(failures)))
+
+    def runner(self, slot: int) -> None:
+        while True:
+            task = self.inbox.get()
+            if isinstance(task, Stop):
+                return
+            self.run_batch(task, slot)
+
+    def check_timeouts(self) -> None:
+        limit = self.spec.job_timeout
+        if limit is None:
+            return
+        now = time.monotonic()
+        for entry in list(self.current):
+            if entry is not None and now - entry[2] > limit:
+                self.send(JobTimedOut(entry[0], entry[1], now - entry[2]))
+                os._exit(EXIT_TIMEOUT)
+
+    def read_loop(self, on_task: Callable[[TaskSent | Stop], None]) -> None:
+        interval = None if self.spec.job_timeout is None else min(1.0, self.spec.job_timeout / 4)
+        while True:
+            try:
+                ready = self.conn.poll(interval)
+                data = self.conn.recv_bytes() if ready else None
+            except (EOFError, OSError):
+                os._exit(EXIT_PARENT_GONE)  # the parent is gone: nobody wants our results
+            if data is not None:
+                msg = pickle.loads(data)
+                on_task(msg)
+                if isinstance(msg, Stop):
+                    return
+            self.check_timeouts()
+
+    def run_threads(self) -> None:
+        runners = [
+            threading.Thread(target=self.runner, args=(i,), name=f"tm-runner-{i}", daemon=True)
+            for i in range(self.spec.threads)
+        ]
+        for t in runners:
+            t.start()
+
+        def on_task(msg: TaskSent | Stop) -> None:
+            if isinstance(msg, Stop):
+                for _ in runners:
+                    self.inbox.put(msg)
+            else:
+                self.inbox.put(msg)
+
+        self.read_loop(on_task)
+        for t in runners:
+            t.join()
+
+    def run_async(self) -> None:
+        loop = asyncio.new_event_loop()
+        inbox: asyncio.Queue[TaskSent | Stop] = asyncio.Queue()
+        thread = threading.Thread(
+            target=loop.run_until_complete, args=(self._async_main(inbox),), daemon=True
+        )
+        thread.start()
+        self.read_loop(lambda msg: loop.call_soon_threadsafe(inbox.put_nowait, msg))
+        thread.join()
+        loop.close()
+
+    async def _async_main(self, inbox: asyncio.Queue[TaskSent | Stop]) -> None:
+        gate = asyncio.Semaphore(self.spec.threads)
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            msg = await inbox.get()
+            if isinstance(msg, Stop):
+                break
+            batch = asyncio.ensure_future(self._async_batch(msg, gate))
+            running.add(batch)
+            batch.add_done_callback(running.discard)
+        if running:
+            await asyncio.gather(*running)
+
+    async def _async_batch(self, task: TaskSent, gate: asyncio.Semaphore) -> None:
+        jobs = self.decode(task)
+        if jobs is None:
+            return
+        failures: list[JobFailed] = []
+        started = time.perf_counter()
+        timeout = self.spec.job_timeout
+
+        async def one(index: int, job: Any) -> None:
+            async with gate:
+                try:
+                    await asyncio.wait_for(self.spec.handle_job(job), timeout)
+                except TimeoutError:
+                    failures.append(JobFailed(index, f"JobTimeout: ran over {timeout} s", ""))
+                except BaseException as exc:
+                    failures.append(JobFailed(index, *describe_error(exc)))
+
+        await asyncio.gather(*(one(i, job) for i, job in enumerate(jobs)))
+        failures.sort(key=lambda f: f.index)
+        self.send(BatchDone(task.task_id, time.perf_counter() - started, tuple(failures)))
+
+
+def worker_main(
+    conn: Connection, spec: WorkerSpec, parent_pid: int, close_fds: list[int]
+) -> None:
+    """Entry point of a forked worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the parent decides on Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)  # the parent's wakeup pipe is the parent's alone
+    _die_with_parent(parent_pid)
+    for fd in close_fds:  # other workers' pipe ends: holding them would hide their EOFs
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    if spec.setup is not None:
+        spec.setup()
+    worker = Worker(conn, spec)
+    if spec.is_async:
+        worker.run_async()
+    else:
+        worker.run_threads()
+    if spec.teardown is not None:
+        spec.teardown()
