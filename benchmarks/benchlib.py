@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -425,6 +426,23 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print(line(row))
+
+
+def print_note(text: str) -> None:
+    """A paragraph of explanation, wrapped to 100 columns."""
+    print(textwrap.fill(" ".join(text.split()), width=100))
+
+
+def report_ideal(outcomes: Sequence[Outcome], ideal: float) -> None:
+    """Median wall time, jobs/s and the share of an ideal jobs/s, one row per runner."""
+    rows = []
+    for out in outcomes:
+        wall = f"{median(out.walls):.2f}" if out.results else "-"
+        pct = f"{100 * out.rate / ideal:.0f}%" if out.results else "-"
+        note = out.runner.note if out.error is None else "see below"
+        rows.append([out.runner.name, f"{out.runner.jobs:,}", wall, fmt_rate(out.rate), pct, note])
+    print_table(["runner", "jobs", "wall s (median)", "jobs/s", "% of ideal", "note"], rows)
+    print_unavailable(outcomes)
 
 
 def base_parser(doc: str | None) -> argparse.ArgumentParser:

@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
         runners(sizes, bl.tm_unavailable()), args.reps, TIMEOUT, memory=True
     )
     report(outcomes, sizes)
-    print(
+    bl.print_note(
         "RSS counts pages shared between the parent and its forked workers once per process;"
         " PSS splits them, so the PSS sum is the tree's real footprint. Executor.map submits"
         " every chunk before it yields its first result, so it holds the input it has not"

@@ -1,8 +1,8 @@
 """The original taskmaster example: a resumable range of integers.
 
-    tm-run examples/example.py 2
-    tm-run examples/example.py 2 --resume      # after Ctrl-C or a crash
-    tm-run examples/example.py 2 count=5000    # KEY=VALUE reach get_jobs as strings
+tm-run examples/example.py 2
+tm-run examples/example.py 2 --resume      # after Ctrl-C or a crash
+tm-run examples/example.py 2 count=5000    # KEY=VALUE reach get_jobs as strings
 """
 
 import time
@@ -10,8 +10,7 @@ import time
 
 def get_jobs(last=0, count="2000000", **kwargs):
     # `last` is the job a resumed run starts from: yield it again, then what follows.
-    for i in range(int(last), int(count)):
-        yield i
+    yield from range(int(last), int(count))
 
 
 def handle_job(job):

@@ -1,7 +1,7 @@
 """taskmaster: run huge numbers of one-off jobs from a resumable generator.
 
-    import taskmaster
-    stats = taskmaster.run(get_jobs, handle_job, workers=4, state_file="jobs.state.json")
+import taskmaster
+stats = taskmaster.run(get_jobs, handle_job, workers=4, state_file="jobs.state.json")
 """
 
 from .coordinator import RunStats

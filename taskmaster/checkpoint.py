@@ -143,7 +143,9 @@ def decode(data: bytes, path: str = "state file") -> State:
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}): corrupt or truncated; {how}.")
+        raise CheckpointError(
+            f"{path} is not valid JSON ({exc}): corrupt or truncated; {how}."
+        ) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a taskmaster checkpoint; {how}.")
     if doc.get("version") != VERSION:

@@ -64,34 +64,87 @@ def _report_end(stats: RunStats, reporter: Any) -> None:
 @click.argument("target")
 @click.argument("args", nargs=-1, metavar="[WORKERS] [KEY=VALUE]...")
 @click.option("--workers", "-w", type=int, help="Worker processes [default: CPU count].")
-@click.option("--threads", "-t", type=int, default=1, show_default=True,
-              help="Threads per worker (concurrency for async handlers).")
-@click.option("--size", type=int, default=10_000, show_default=True,
-              help="Window: most jobs pulled and not yet resolved.")
-@click.option("--state-file", type=click.Path(dir_okay=False),
-              help="Checkpoint path [default: ./<module>[-<hash of args>].state.json].")
-@click.option("--failures", "failures_file", type=click.Path(dir_okay=False),
-              help="Failures file [default: beside the state file, .failures.jsonl].")
+@click.option(
+    "--threads",
+    "-t",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Threads per worker (concurrency for async handlers).",
+)
+@click.option(
+    "--size",
+    type=int,
+    default=10_000,
+    show_default=True,
+    help="Window: most jobs pulled and not yet resolved.",
+)
+@click.option(
+    "--state-file",
+    type=click.Path(dir_okay=False),
+    help="Checkpoint path [default: ./<module>[-<hash of args>].state.json].",
+)
+@click.option(
+    "--failures",
+    "failures_file",
+    type=click.Path(dir_okay=False),
+    help="Failures file [default: beside the state file, .failures.jsonl].",
+)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint.")
 @click.option("--reset", is_flag=True, help="Delete the checkpoint and failures file first.")
-@click.option("--retries", type=int, default=2, show_default=True,
-              help="Extra attempts for a job that raises or kills its worker.")
-@click.option("--retry-delay", type=float, default=0.1, show_default=True,
-              help="Seconds before the first retry; doubles each time, with jitter.")
+@click.option(
+    "--retries",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Extra attempts for a job that raises or kills its worker.",
+)
+@click.option(
+    "--retry-delay",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Seconds before the first retry; doubles each time, with jitter.",
+)
 @click.option("--job-timeout", type=float, help="Seconds a job may run [default: no limit].")
-@click.option("--checkpoint-every", type=float, default=1.0, show_default=True,
-              help="Seconds between checkpoints.")
-@click.option("--drain-timeout", type=float, default=30.0, show_default=True,
-              help="After Ctrl-C, seconds to let jobs in flight finish.")
+@click.option(
+    "--checkpoint-every",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds between checkpoints.",
+)
+@click.option(
+    "--drain-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="After Ctrl-C, seconds to let jobs in flight finish.",
+)
 @click.option("--max-failures", type=int, help="Stop once this many jobs failed for good.")
 @click.option("--batch-size", type=int, help="Jobs per batch [default: adapts to job time].")
-@click.option("--get-jobs", "get_jobs_name", default="get_jobs", show_default=True,
-              help="Generator function (NAME, or module:NAME).")
-@click.option("--handle-job", "handle_job_name", default="handle_job", show_default=True,
-              help="Handler function (NAME, or module:NAME).")
+@click.option(
+    "--get-jobs",
+    "get_jobs_name",
+    default="get_jobs",
+    show_default=True,
+    help="Generator function (NAME, or module:NAME).",
+)
+@click.option(
+    "--handle-job",
+    "handle_job_name",
+    default="handle_job",
+    show_default=True,
+    help="Handler function (NAME, or module:NAME).",
+)
 @click.option("--no-progress", is_flag=True, help="No live display, even on a terminal.")
-@click.option("--log-every", type=float, default=30.0, show_default=True,
-              help="Seconds between status lines when stderr is not a terminal.")
+@click.option(
+    "--log-every",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds between status lines when stderr is not a terminal.",
+)
 def run_command(target: str, args: tuple[str, ...], **opts: Any) -> None:
     """Run handle_job on every job get_jobs yields, on WORKERS processes of this machine.
 

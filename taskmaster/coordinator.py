@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from . import codec
 from .checkpoint import Anchor, State
@@ -310,8 +310,14 @@ class Coordinator:
             try:
                 codec.dumps(unit.jobs[i])
             except codec.EncodeError as exc:
-                bad.append((i, f"EncodeError: job of type {type(unit.jobs[i]).__name__} "
-                            f"cannot be serialized by pickle or dill ({exc})", ""))
+                bad.append(
+                    (
+                        i,
+                        f"EncodeError: job of type {type(unit.jobs[i]).__name__} "
+                        f"cannot be serialized by pickle or dill ({exc})",
+                        "",
+                    )
+                )
                 if i > start:
                     pieces.append(self._new_task(unit, start, i, task.attempt))
                 start = i + 1
@@ -341,8 +347,10 @@ class Coordinator:
         if task is None:
             return  # a late answer for a batch already re-dispatched: counted once
         n = task.hi - task.lo
-        self._per_job = event.elapsed / n if self._per_job <= 0 else (
-            0.8 * self._per_job + 0.2 * event.elapsed / n
+        self._per_job = (
+            event.elapsed / n
+            if self._per_job <= 0
+            else (0.8 * self._per_job + 0.2 * event.elapsed / n)
         )
         if not event.failures:
             self.ledger.resolve(task.unit, done=n)
@@ -389,8 +397,11 @@ class Coordinator:
             for lo, hi in ((task.lo, at), (at + 1, task.hi)):
                 if lo < hi:
                     self.ready.appendleft(self._new_task(task.unit, lo, hi, task.attempt))
-            self._charge(self._new_task(task.unit, at, at + 1, task.attempt),
-                         f"JobTimeout: job ran over --job-timeout ({seconds:.1f} s)", "")
+            self._charge(
+                self._new_task(task.unit, at, at + 1, task.attempt),
+                f"JobTimeout: job ran over --job-timeout ({seconds:.1f} s)",
+                "",
+            )
 
     def _lost_task(self, task: Task, error: str, tb: str) -> None:
         """A batch came back without results: isolate the culprit by splitting, then charge."""
@@ -411,11 +422,15 @@ class Coordinator:
         else:
             self._fail_for_good(task.unit, [(task.lo, error, tb)], task.attempt)
 
-    def _fail_for_good(self, unit: Unit, failures: list[tuple[int, str, str]], attempts: int) -> None:
+    def _fail_for_good(
+        self, unit: Unit, failures: list[tuple[int, str, str]], attempts: int
+    ) -> None:
         """Record failures durably, then count them resolved."""
         if not failures:
             return
-        records = [make_record(unit.start + i, unit.jobs[i], e, tb, attempts) for i, e, tb in failures]
+        records = [
+            make_record(unit.start + i, unit.jobs[i], e, tb, attempts) for i, e, tb in failures
+        ]
         if self.failure_log is None:
             self.stats.failure_records.extend(records)
         elif self.io_error is None:
@@ -450,8 +465,11 @@ class Coordinator:
             anchor = Anchor(wm, lowest.jobs[0], codec.job_digest(lowest.jobs[0]))
         elif ledger.tail is not None:
             anchor = Anchor(ledger.tail[0], ledger.tail[1], codec.job_digest(ledger.tail[1]))
-        finished = final and self.source.exhausted and self.source.error is None and not (
-            ledger.open_units or self.stopping
+        finished = (
+            final
+            and self.source.exhausted
+            and self.source.error is None
+            and not (ledger.open_units or self.stopping)
         )
         elapsed = max(1e-9, self.clock() - self._t0)
         return State(
@@ -508,9 +526,7 @@ class Coordinator:
         s.interrupted = self.stopping is not None and self.io_error is None
         if self.io_error is not None:
             s.exit_code = self.io_error.exit_code
-        elif self.source.error is not None:
-            s.exit_code = EXIT_FAILED
-        elif self.stopping and "max-failures" in self.stopping:
+        elif self.source.error is not None or self.stopping and "max-failures" in self.stopping:
             s.exit_code = EXIT_FAILED
         elif self.stopping:
             s.exit_code = EXIT_INTERRUPTED

@@ -12,7 +12,9 @@ import re
 import signal
 import time
 
-_SPEC = re.compile(r"^(?P<name>[\w.]+)=(?P<action>kill|raise|sleep\((?P<secs>[\d.]+)\))(@(?P<n>\d+))?$")
+_SPEC = re.compile(
+    r"^(?P<name>[\w.]+)=(?P<action>kill|raise|sleep\((?P<secs>[\d.]+)\))(@(?P<n>\d+))?$"
+)
 
 
 def _parse(text: str) -> dict[str, tuple[str, float, int]]:

@@ -35,7 +35,9 @@ class FailureRecord:
                 "seq": self.seq,
                 "job": self.job_repr,
                 "codec": self.codec,
-                "payload": None if self.payload is None else base64.b64encode(self.payload).decode(),
+                "payload": None
+                if self.payload is None
+                else base64.b64encode(self.payload).decode(),
                 "error": self.error,
                 "traceback": self.traceback,
                 "attempts": self.attempts,
@@ -66,7 +68,9 @@ def make_record(seq: int, job: Any, error: str, tb: str, attempts: int) -> Failu
         used: str | None = name
     except codec.EncodeError:
         payload, used = None, None
-    return FailureRecord(seq, codec.short_repr(job), used, payload, error, tb, attempts, time.time())
+    return FailureRecord(
+        seq, codec.short_repr(job), used, payload, error, tb, attempts, time.time()
+    )
 
 
 class FailureLog:

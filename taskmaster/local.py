@@ -8,6 +8,7 @@ knows exactly which batches the dead worker held. It then starts a replacement.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -112,10 +113,9 @@ class LocalTransport:
             key=lambda h: self.slots_each - len(h.held),
         )
         handle.held.add(task.task_id)
-        try:
+        # A worker that died mid-send is reported by its sentinel, with this batch.
+        with contextlib.suppress(OSError):
             handle.conn.send_bytes(pickle.dumps(task, protocol=5))
-        except OSError:
-            pass  # the worker died mid-send: its sentinel reports the batch as lost
 
     def wait(self, timeout: float | None, wake_fds: list[int]) -> list[Event]:
         by_conn = {h.conn: h for h in self._workers.values()}
@@ -125,10 +125,10 @@ class LocalTransport:
         dead: list[_Handle] = []
         for obj in ready:
             if obj in by_conn:
-                if not self._drain(by_conn[obj], events):  # type: ignore[index]
-                    dead.append(by_conn[obj])  # type: ignore[index]
+                if not self._drain(by_conn[obj], events):
+                    dead.append(by_conn[obj])
             elif obj in by_sentinel:
-                dead.append(by_sentinel[obj])  # type: ignore[index]
+                dead.append(by_sentinel[obj])
         for handle in dict.fromkeys(dead):
             self._drain(handle, events)  # results it sent before dying still count
             events.append(self._bury(handle))
@@ -175,10 +175,8 @@ class LocalTransport:
             if kill and handle.process.pid:
                 os.kill(handle.process.pid, signal.SIGKILL)
             else:
-                try:
+                with contextlib.suppress(OSError):
                     handle.conn.send_bytes(pickle.dumps(Stop()))
-                except OSError:
-                    pass
         for handle in list(self._workers.values()):
             handle.process.join(timeout=5 if kill else 30)
             if handle.process.is_alive() and handle.process.pid:

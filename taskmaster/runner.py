@@ -191,8 +191,11 @@ def run(
                 if previous.finished:
                     reporter.message(f"{opt.state_file}: this run already finished; nothing to do")
                     return RunStats(
-                        done=previous.done, failed=previous.failed, finished=True,
-                        watermark=previous.watermark, exit_code=1 if previous.failed else 0,
+                        done=previous.done,
+                        failed=previous.failed,
+                        finished=True,
+                        watermark=previous.watermark,
+                        exit_code=1 if previous.failed else 0,
                         state_file=opt.state_file,
                         failures_file=opt.failures_file or failures_file_for(opt.state_file),
                     )

@@ -104,8 +104,9 @@ def open_source(
         elif unresolved:
             source._pushback = [anchor.job, *first]
             source.notice = (
-                f"get_jobs(last=...) did not yield the job at the watermark ({codec.short_repr(anchor.job, 60)}) "
-                "first; taskmaster runs it from the checkpoint. Make get_jobs restart at last, "
+                "get_jobs(last=...) did not yield the job at the watermark "
+                f"({codec.short_repr(anchor.job, 60)}) first; taskmaster runs it from the "
+                "checkpoint. Make get_jobs restart at last, "
                 "inclusive, as in range(last, ...)."
             )
         else:

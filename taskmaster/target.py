@@ -102,7 +102,9 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def _function(module: ModuleType, origin: str, name: str, required: bool) -> Callable[..., Any] | None:
+def _function(
+    module: ModuleType, origin: str, name: str, required: bool
+) -> Callable[..., Any] | None:
     where, fn_name = split_spec(name)
     if fn_name is not None:
         module = load_module(where)[1]

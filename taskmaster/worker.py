@@ -10,6 +10,7 @@ limit, reports the job and exits: a thread cannot be killed, its process can.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import faulthandler
 import inspect
@@ -174,7 +175,11 @@ class Worker:
             target=loop.run_until_complete, args=(self._async_main(inbox),), daemon=True
         )
         thread.start()
-        self.read_loop(lambda msg: loop.call_soon_threadsafe(inbox.put_nowait, msg))
+
+        def on_task(msg: TaskSent | Stop) -> None:
+            loop.call_soon_threadsafe(inbox.put_nowait, msg)
+
+        self.read_loop(on_task)
         thread.join()
         loop.close()
 
@@ -213,19 +218,15 @@ class Worker:
         self.send(BatchDone(task.task_id, time.perf_counter() - started, tuple(failures)))
 
 
-def worker_main(
-    conn: Connection, spec: WorkerSpec, parent_pid: int, close_fds: list[int]
-) -> None:
+def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, close_fds: list[int]) -> None:
     """Entry point of a forked worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the parent decides on Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)  # the parent's wakeup pipe is the parent's alone
     _die_with_parent(parent_pid)
     for fd in close_fds:  # other workers' pipe ends: holding them would hide their EOFs
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     faulthandler.enable(file=sys.stderr, all_threads=True)
     if spec.setup is not None:
         spec.setup()
