@@ -11,6 +11,7 @@ from .coordinator import RunStats
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, GeneratorError, TaskmasterError
 from .options import default_workers
 from .progress import PlainReporter, RichReporter, summary
+from .replay import retry_failed
 from .runner import default_state_file, run
 from .target import load_target, parse_kwargs
 
@@ -93,6 +94,11 @@ def _report_end(stats: RunStats, reporter: Any) -> None:
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint.")
 @click.option("--reset", is_flag=True, help="Delete the checkpoint and failures file first.")
 @click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Run only the jobs in the failures file again; successes leave it.",
+)
+@click.option(
     "--retries",
     type=int,
     default=2,
@@ -168,17 +174,18 @@ def run_command(target: str, args: tuple[str, ...], **opts: Any) -> None:
         live = not no_progress and sys.stderr.isatty()
         reporter = RichReporter() if live else PlainReporter(every=log_every)
         assert tgt.get_jobs is not None and tgt.handle_job is not None
-        stats = run(
-            tgt.get_jobs,
-            tgt.handle_job,
-            kwargs=kwargs,
-            target=tgt.identity,
+        common = dict(
             reporter=reporter,
             setup_worker=tgt.setup_worker,
             teardown_worker=tgt.teardown_worker,
             workers=workers if workers is not None else default_workers(),
-            **opts,
         )
+        if opts.pop("retry_failed"):
+            stats = retry_failed(tgt.handle_job, **common, **opts)
+        else:
+            stats = run(
+                tgt.get_jobs, tgt.handle_job, kwargs=kwargs, target=tgt.identity, **common, **opts
+            )
     except TaskmasterError as exc:
         if reporter is not None:
             reporter.close()

@@ -19,14 +19,14 @@ from typing import Any
 
 from . import checkpoint
 from .checkpoint import State, StateLock
-from .coordinator import Coordinator, Reporter, RunStats, Snapshot
+from .coordinator import Coordinator, Reporter, RunStats, Snapshot, StateSink
 from .errors import CheckpointError, UsageError
 from .failures import FailureLog
 from .ledger import Ledger
 from .local import LocalTransport
 from .messages import Transport
 from .options import Options
-from .source import open_source
+from .source import JobSource, open_source
 from .worker import WorkerSpec
 
 
@@ -144,9 +144,54 @@ def _signals(coord: Coordinator, reporter: Reporter) -> Iterator[None]:
         os.close(w)
 
 
+def make_local_transport(
+    opt: Options,
+    handle_job: Callable[[Any], Any] | None,
+    setup_worker: Callable[[], Any] | None,
+    teardown_worker: Callable[[], Any] | None,
+) -> LocalTransport:
+    if handle_job is None:
+        raise UsageError("a local run needs a handle_job function")
+    spec = WorkerSpec(handle_job, opt.threads, opt.job_timeout, setup_worker, teardown_worker)
+    return LocalTransport(spec, opt.workers)
+
+
+def execute(
+    opt: Options,
+    make_source: Callable[[], JobSource],
+    transport: Transport,
+    ledger: Ledger,
+    base: State,
+    sink: StateSink | None,
+    failure_log: FailureLog | None,
+    reporter: Reporter,
+) -> RunStats:
+    """Start the transport, open the source, and run the coordinator to its end."""
+    transport.start()  # fork before get_jobs runs, before any thread exists
+    try:
+        source = make_source()
+    except BaseException:
+        transport.close(kill=True)
+        raise
+    coord = Coordinator(opt, source, transport, ledger, base, sink, failure_log, reporter)
+    with _signals(coord, reporter):
+        return coord.run()
+
+
+def validate_options(options: dict[str, Any]) -> Options:
+    """Options from keyword arguments; a misspelt name is an error, not silently ignored."""
+    unknown = set(options) - Options.names()
+    if unknown:
+        raise UsageError(
+            f"unknown option(s) {', '.join(sorted(unknown))}; valid: "
+            f"{', '.join(sorted(Options.names()))}"
+        )
+    return Options(**options)
+
+
 def run(
     get_jobs: Callable[..., Any],
-    handle_job: Callable[[Any], Any],
+    handle_job: Callable[[Any], Any] | None,
     *,
     kwargs: dict[str, str] | None = None,
     target: str | None = None,
@@ -161,13 +206,7 @@ def run(
     With ``state_file``, progress is checkpointed there and ``resume=True`` continues a
     previous run. Raises TaskmasterError for bad input; returns the run's RunStats.
     """
-    unknown = set(options) - Options.names()
-    if unknown:
-        raise UsageError(
-            f"unknown option(s) {', '.join(sorted(unknown))}; valid: "
-            f"{', '.join(sorted(Options.names()))}"
-        )
-    opt = Options(**options)
+    opt = validate_options(options)
     kwargs = dict(kwargs or {})
     reporter = reporter or QuietReporter()
     name = target or f"{get_jobs.__module__}:{get_jobs.__qualname__}"
@@ -195,7 +234,7 @@ def run(
                         failed=previous.failed,
                         finished=True,
                         watermark=previous.watermark,
-                        exit_code=1 if previous.failed else 0,
+                        exit_code=0,
                         state_file=opt.state_file,
                         failures_file=opt.failures_file or failures_file_for(opt.state_file),
                     )
@@ -208,25 +247,17 @@ def run(
             if previous
             else Ledger()
         )
-        if transport is None:
-            spec = WorkerSpec(
-                handle_job, opt.threads, opt.job_timeout, setup_worker, teardown_worker
-            )
-            transport = LocalTransport(spec, opt.workers)
-        transport.start()  # fork before get_jobs runs, before any thread exists
-        try:
-            source = open_source(
+        transport = transport or make_local_transport(
+            opt, handle_job, setup_worker, teardown_worker
+        )
+        stats = execute(
+            opt,
+            lambda: open_source(
                 get_jobs,
                 kwargs,
                 previous.watermark if previous else 0,
                 previous.anchor if previous else None,
-            )
-        except BaseException:
-            transport.close(kill=True)
-            raise
-        coord = Coordinator(
-            opt,
-            source,
+            ),
             transport,
             ledger,
             base,
@@ -234,8 +265,6 @@ def run(
             failure_log,
             reporter,
         )
-        with _signals(coord, reporter):
-            stats = coord.run()
         stats.state_file = opt.state_file
         stats.failures_file = failure_log.path if failure_log else None
         return stats

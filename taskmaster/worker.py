@@ -49,14 +49,26 @@ class WorkerSpec:
         return inspect.iscoroutinefunction(self.handle_job)
 
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
 def describe_error(exc: BaseException) -> tuple[str, str]:
-    """``("Type: message", traceback text)`` of an exception, safe for any exception."""
+    """``("Type: message", traceback text)`` of an exception, safe for any exception.
+
+    The traceback starts at the user's code: taskmaster's own leading frames are dropped.
+    """
     try:
         message = str(exc)
     except Exception:
         message = "<exception with failing __str__>"
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return text, "".join(traceback.format_exception(exc))
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_HERE):
+        tb = tb.tb_next
+    try:
+        return text, "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception:
+        return text, ""
 
 
 def _die_with_parent(parent_pid: int) -> None:
