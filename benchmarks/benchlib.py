@@ -216,14 +216,15 @@ def tm_cmd(
     workers: int = 2,
     threads: int = 1,
     size: int = 10_000,
-    checkpoint_every: float = 1.0,
+    checkpoint_every: float | str = 1.0,
     kwargs: dict[str, Any] | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
     tm = tm_run_path() or "tm-run"
     cmd = [tm, job_module(module), str(workers), "--threads", str(threads)]
     cmd += ["--size", str(size), "--state-file", str(Path(state_dir) / "state.json")]
-    cmd += ["--no-progress", "--checkpoint-every", f"{checkpoint_every:g}", *extra]
+    every = checkpoint_every if isinstance(checkpoint_every, str) else f"{checkpoint_every:g}"
+    cmd += ["--no-progress", "--checkpoint-every", every, *extra]
     return cmd + [f"{k}={v}" for k, v in (kwargs or {}).items()]
 
 
@@ -294,6 +295,17 @@ class Outcome:
     runner: Runner
     results: list[RunResult] = field(default_factory=list)
     error: str | None = None
+    reps: int = 0  # the repetitions asked for
+
+    @property
+    def note(self) -> str:
+        """The row's note, plus why it has fewer runs than asked; "see below" on error."""
+        if self.error is not None:
+            return "see below"
+        if len(self.results) < self.reps:
+            cut = f"{len(self.results)} of {self.reps} runs (time budget)"
+            return f"{self.runner.note}; {cut}" if self.runner.note else cut
+        return self.runner.note
 
     @property
     def walls(self) -> list[float]:
@@ -310,9 +322,11 @@ def check_run(runner: Runner, res: RunResult, state: dict[str, Any]) -> str | No
     if not res.ok:
         return res.why()
     if runner.is_tm:
-        done = state.get("done")
+        done, finished = state.get("done"), state.get("finished")
         if isinstance(done, int) and done != runner.jobs:
             return f"state file says done={done}, expected {runner.jobs}"
+        if finished is False:
+            return "exit 0 but the state file says finished=false"
         return None
     count = res.json_tail().get("jobs")
     if count != runner.jobs:
@@ -328,13 +342,19 @@ def run_once(runner: Runner, timeout: float, memory: bool) -> tuple[RunResult, s
 
 
 def run_alternating(
-    runners: Sequence[Runner], reps: int, timeout: float, *, memory: bool = False
+    runners: Sequence[Runner],
+    reps: int,
+    timeout: float,
+    *,
+    memory: bool = False,
+    budget: float = float("inf"),
 ) -> list[Outcome]:
-    """Run A B C A B C ... ``reps`` times; a runner that fails once is not run again."""
-    outcomes = [Outcome(r, error=r.unavailable) for r in runners]
+    """Run A B C A B C ... ``reps`` times; a runner that fails once is not run again,
+    nor one whose runs so far took more than ``budget`` seconds in all."""
+    outcomes = [Outcome(r, error=r.unavailable, reps=reps) for r in runners]
     for rep in range(reps):
         for out in outcomes:
-            if out.error is not None:
+            if out.error is not None or sum(out.walls) > budget:
                 continue
             res, error = run_once(out.runner, timeout, memory)
             if error is not None:
@@ -439,8 +459,9 @@ def report_ideal(outcomes: Sequence[Outcome], ideal: float) -> None:
     for out in outcomes:
         wall = f"{median(out.walls):.2f}" if out.results else "-"
         pct = f"{100 * out.rate / ideal:.0f}%" if out.results else "-"
-        note = out.runner.note if out.error is None else "see below"
-        rows.append([out.runner.name, f"{out.runner.jobs:,}", wall, fmt_rate(out.rate), pct, note])
+        rows.append(
+            [out.runner.name, f"{out.runner.jobs:,}", wall, fmt_rate(out.rate), pct, out.note]
+        )
     print_table(["runner", "jobs", "wall s (median)", "jobs/s", "% of ideal", "note"], rows)
     print_unavailable(outcomes)
 
