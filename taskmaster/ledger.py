@@ -88,6 +88,9 @@ class Ledger:
         unit = Unit(start=self.next_seq, jobs=jobs, remaining=len(jobs))
         self.next_seq += len(jobs)
         self._open[unit.start] = unit
+        # A range the last run resolved whose jobs changed since runs again: until it is
+        # resolved again, the checkpoint must not list it as resolved.
+        self._resolved.pop(unit.start, None)
         heapq.heappush(self._starts, unit.start)
         self.held += len(jobs)
         self.tail = (unit.end - 1, jobs[-1])
