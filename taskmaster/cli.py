@@ -7,12 +7,15 @@ from typing import Any
 
 import click
 
+from .codec import short_repr
 from .coordinator import RunStats
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, GeneratorError, TaskmasterError
-from .options import default_workers
-from .progress import PlainReporter, RichReporter, summary
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, GeneratorError, TaskmasterError, UsageError
+from .options import default_workers, parse_rate
+from .progress import PlainReporter, RichReporter
 from .replay import retry_failed
-from .runner import default_state_file, run
+from .runner import default_state_file, failures_file_for, run
+from .source import call_get_jobs
+from .status import find_state_file, read_status, render
 from .target import load_target, parse_kwargs
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -42,8 +45,7 @@ def _split_args(args: tuple[str, ...], workers: int | None) -> tuple[int | None,
     return workers, rest
 
 
-def _report_end(stats: RunStats, reporter: Any) -> None:
-    click.echo(f"taskmaster: {summary(stats)}", err=True)
+def _report_end(stats: RunStats) -> None:
     err = stats.generator_error
     if err is not None:
         click.echo(err.traceback_text.rstrip(), err=True)
@@ -143,6 +145,10 @@ def _report_end(stats: RunStats, reporter: Any) -> None:
     show_default=True,
     help="Handler function (NAME, or module:NAME).",
 )
+@click.option("--limit", type=int, help="Run only the first N jobs (a later --resume goes on).")
+@click.option("--dry-run", is_flag=True, help="Print the first jobs (or --limit) and run none.")
+@click.option("--total", type=int, help="Jobs in the run, for the ETA [default: count_jobs()].")
+@click.option("--rate", "rate_text", metavar="N/s", help="Most job starts per second (or /m, /h).")
 @click.option("--no-progress", is_flag=True, help="No live display, even on a terminal.")
 @click.option(
     "--log-every",
@@ -150,6 +156,13 @@ def _report_end(stats: RunStats, reporter: Any) -> None:
     default=30.0,
     show_default=True,
     help="Seconds between status lines when stderr is not a terminal.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Status lines and summary as text or JSON objects.",
 )
 def run_command(target: str, args: tuple[str, ...], **opts: Any) -> None:
     """Run handle_job on every job get_jobs yields, on WORKERS processes of this machine.
@@ -168,12 +181,17 @@ def run_command(target: str, args: tuple[str, ...], **opts: Any) -> None:
         workers, rest = _split_args(args, opts.pop("workers"))
         kwargs = parse_kwargs(rest)
         tgt = load_target(target, opts.pop("get_jobs_name"), opts.pop("handle_job_name"))
-        no_progress, log_every = opts.pop("no_progress"), opts.pop("log_every")
+        assert tgt.get_jobs is not None and tgt.handle_job is not None
+        if opts.pop("dry_run"):
+            _dry_run(tgt.get_jobs, kwargs, opts["limit"] or 10)
+            return
+        rate_text = opts.pop("rate_text")
+        opts["rate"] = parse_rate(rate_text) if rate_text else None
+        if opts["total"] is None and tgt.count_jobs is not None:
+            opts["total"] = _count_jobs(tgt.count_jobs, kwargs)
+        reporter = _reporter(opts.pop("no_progress"), opts.pop("log_every"), opts.pop("log_format"))
         if opts["state_file"] is None:
             opts["state_file"] = default_state_file(tgt.stem, kwargs)
-        live = not no_progress and sys.stderr.isatty()
-        reporter = RichReporter() if live else PlainReporter(every=log_every)
-        assert tgt.get_jobs is not None and tgt.handle_job is not None
         common = dict(
             reporter=reporter,
             setup_worker=tgt.setup_worker,
@@ -193,11 +211,57 @@ def run_command(target: str, args: tuple[str, ...], **opts: Any) -> None:
             click.echo(exc.traceback_text.rstrip(), err=True)
         _fail(str(exc), exc.exit_code)
         return
-    except click.UsageError:
-        raise
-    reporter.close()
-    _report_end(stats, reporter)
+    reporter.finished(stats)
+    _report_end(stats)
     sys.exit(stats.exit_code)
+
+
+def _reporter(no_progress: bool, log_every: float, log_format: str) -> Any:
+    if log_every <= 0:
+        raise UsageError(f"--log-every must be more than 0 seconds, got {log_every!r}")
+    if not no_progress and log_format == "text" and sys.stderr.isatty():
+        return RichReporter()
+    return PlainReporter(every=log_every, json_lines=log_format == "json")
+
+
+def _count_jobs(count_jobs: Any, kwargs: dict[str, str]) -> int | None:
+    try:
+        return int(count_jobs(**kwargs))
+    except Exception as exc:  # only the ETA depends on it: warn and go on
+        click.echo(f"taskmaster: warning: count_jobs() failed ({exc!r}); no ETA", err=True)
+        return None
+
+
+def _dry_run(get_jobs: Any, kwargs: dict[str, str], count: int) -> None:
+    source = call_get_jobs(get_jobs, kwargs)
+    jobs = source.pull(count, max_wait=float("inf"))
+    for seq, job in enumerate(jobs):
+        click.echo(f"{seq}\t{short_repr(job)}")
+    if source.error is not None:
+        click.echo(source.error.traceback_text.rstrip(), err=True)
+        _fail(str(source.error), source.error.exit_code)
+    more = "" if source.exhausted else " (more follow)"
+    click.echo(f"taskmaster: dry run: {len(jobs)} jobs shown{more}, none run", err=True)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("state_file", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--failures",
+    "failures_file",
+    type=click.Path(dir_okay=False),
+    help="Failures file [default: beside the state file].",
+)
+def status_command(state_file: str | None, failures_file: str | None) -> None:
+    """Show where a run stands, from its STATE_FILE, without touching it.
+
+    Works while the run is going. Without STATE_FILE, the one *.state.json in this folder.
+    """
+    try:
+        path = state_file or find_state_file()
+        click.echo(render(read_status(path, failures_file or failures_file_for(path))))
+    except TaskmasterError as exc:
+        _fail(str(exc), exc.exit_code)
 
 
 def main() -> None:  # pragma: no cover - exercised through the console script

@@ -69,6 +69,18 @@ class Snapshot:
     elapsed: float
     workers_lost: int
     stopping: bool
+    total: int | None = None  # jobs in the whole run, when known
+
+    @property
+    def rate(self) -> float:
+        return self.done_this_run / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at this run's rate, when the total is known."""
+        if self.total is None or self.rate <= 0:
+            return None
+        return max(0, self.total - self.done - self.failed) / self.rate
 
 
 @dataclass(slots=True)
@@ -156,6 +168,7 @@ class Coordinator:
         self._last_ckpt = started
         if self.source.notice:
             self.reporter.message(self.source.notice)
+        self.reporter.tick(self.snapshot(started))
         try:
             while not self._over():
                 self.step()
@@ -513,7 +526,14 @@ class Coordinator:
             elapsed=now - self._t0,
             workers_lost=self.stats.workers_lost,
             stopping=self.stopping is not None,
+            total=self.total(),
         )
+
+    def total(self) -> int | None:
+        total = self.opt.total if self.opt.total is not None else self.source.total
+        if total is not None and self.opt.limit is not None:
+            total = min(total, self.opt.limit)
+        return total
 
     def _final_stats(self) -> RunStats:
         s = self.stats

@@ -26,6 +26,8 @@ class Options:
     drain_timeout: float = 30.0
     max_failures: int | None = None
     limit: int | None = None
+    total: int | None = None  # for the ETA, when get_jobs cannot tell
+    rate: float | None = None  # most job starts per second, all workers together
     batch_size: int | None = None  # fixed batch size; None adapts to job duration
     state_file: str | None = None
     failures_file: str | None = None
@@ -47,6 +49,10 @@ class Options:
             _between("max-failures", self.max_failures, 1, 10**12)
         if self.limit is not None:
             _between("limit", self.limit, 1, 10**15)
+        if self.total is not None:
+            _between("total", self.total, 0, 10**18)
+        if self.rate is not None and not 0 < self.rate < float("inf"):
+            raise UsageError(f"rate must be jobs per second, more than 0, got {self.rate!r}")
         if self.batch_size is not None:
             _between("batch-size", self.batch_size, 1, 1_000_000)
         if self.resume and self.reset:
@@ -58,6 +64,24 @@ class Options:
     @classmethod
     def names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(text: str) -> float:
+    """``"200/s"``, ``"30/m"``, ``"1000/h"`` or ``"200"`` -> jobs per second."""
+    count, _, unit = text.strip().partition("/")
+    try:
+        value = float(count) / _UNITS[unit or "s"]
+    except (ValueError, KeyError):
+        raise UsageError(
+            f"--rate must look like 200/s, 30/m or 1000/h (jobs per second, minute or hour), "
+            f"got {text!r}"
+        ) from None
+    if not value > 0:
+        raise UsageError(f"--rate must be more than 0, got {text!r}")
+    return value
 
 
 def _between(name: str, value: int, low: int, high: int) -> None:

@@ -22,8 +22,11 @@ from .worker import describe_error
 class JobSource:
     """The generator, with jobs pushed back in front of it and its end or error recorded."""
 
-    def __init__(self, jobs: Iterator[Any], pushback: list[Any] | None = None) -> None:
+    def __init__(
+        self, jobs: Iterator[Any], pushback: list[Any] | None = None, total: int | None = None
+    ) -> None:
         self._it = jobs
+        self.total = total
         self._pushback = list(pushback or [])
         self.exhausted = False
         self.error: GeneratorError | None = None
@@ -64,9 +67,12 @@ def accepts_last(get_jobs: Callable[..., Any]) -> bool:
     return "last" in params
 
 
-def call_get_jobs(get_jobs: Callable[..., Any], kwargs: dict[str, Any]) -> Iterator[Any]:
+def call_get_jobs(get_jobs: Callable[..., Any], kwargs: dict[str, Any]) -> JobSource:
+    """A source over ``get_jobs(**kwargs)``; ``total`` is the result's ``len()``, if any."""
     try:
-        return iter(get_jobs(**kwargs))
+        jobs = get_jobs(**kwargs)
+        total = len(jobs) if hasattr(jobs, "__len__") else None
+        return JobSource(iter(jobs), total=total)
     except TypeError as exc:
         raise GeneratorError(
             f"calling get_jobs({', '.join(f'{k}=...' for k in kwargs)}) failed: {exc}. "
@@ -94,10 +100,12 @@ def open_source(
     Without ``last``, the first ``watermark`` jobs are skipped and the anchor is checked.
     """
     if anchor is None:
-        return JobSource(call_get_jobs(get_jobs, kwargs))
+        return call_get_jobs(get_jobs, kwargs)
     unresolved = anchor.seq == watermark
     if accepts_last(get_jobs):
-        source = JobSource(call_get_jobs(get_jobs, {**kwargs, "last": anchor.job}))
+        source = call_get_jobs(get_jobs, {**kwargs, "last": anchor.job})
+        if source.total is not None:  # what is left, from the anchor on
+            source.total += anchor.seq
         first = source.pull(1, max_wait=float("inf"))
         if first and codec.job_digest(first[0]) == anchor.digest:
             source._pushback = first if unresolved else []
@@ -118,10 +126,9 @@ def open_source(
 def _skip_to(
     get_jobs: Callable[..., Any], kwargs: dict[str, Any], watermark: int, anchor: Anchor
 ) -> JobSource:
-    jobs = call_get_jobs(get_jobs, kwargs)
-    source = JobSource(jobs)
+    source = call_get_jobs(get_jobs, kwargs)
     try:
-        collections.deque(itertools.islice(jobs, anchor.seq), maxlen=0)
+        collections.deque(itertools.islice(source._it, anchor.seq), maxlen=0)
     except Exception as exc:
         source._fail(exc)
         return source

@@ -1,0 +1,125 @@
+"""``tm-status``: where a run stands, read from its files without touching them.
+
+Safe while the run is going: the checkpoint is replaced atomically, so a read sees the old
+or the new file, and the failures file is only appended to.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import fcntl
+import glob
+import os
+from dataclasses import dataclass, field
+
+from . import checkpoint
+from .checkpoint import State, StateLock
+from .errors import UsageError
+from .failures import FailureRecord, read_records
+
+
+@dataclass(slots=True)
+class FailureGroup:
+    error_type: str
+    count: int
+    example: FailureRecord
+
+
+@dataclass(slots=True)
+class Status:
+    path: str
+    state: State
+    running_pid: str | None
+    failures_path: str
+    groups: list[FailureGroup] = field(default_factory=list)
+
+
+def find_state_file(folder: str = ".") -> str:
+    """The single ``*.state.json`` in ``folder``, or a UsageError listing the choices."""
+    found = sorted(glob.glob(os.path.join(folder, "*.state.json")))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UsageError(
+            f"no *.state.json in {os.path.abspath(folder)}: give the state file, "
+            "e.g. tm-status jobs.state.json"
+        )
+    raise UsageError(f"several state files here ({', '.join(found)}): name the one you want")
+
+
+def running_pid(state_path: str) -> str | None:
+    """The pid of the run holding the state file's lock, or None if none holds it."""
+    lock = StateLock(state_path).path
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return os.read(fd, 20).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+    return None
+
+
+def group_failures(path: str) -> list[FailureGroup]:
+    groups: dict[str, FailureGroup] = {}
+    counts: collections.Counter[str] = collections.Counter()
+    try:
+        for rec in read_records(path):
+            kind = rec.error.partition(":")[0] or "Error"
+            counts[kind] += 1
+            groups.setdefault(kind, FailureGroup(kind, 0, rec))
+    except FileNotFoundError:
+        return []
+    for kind, group in groups.items():
+        group.count = counts[kind]
+    return sorted(groups.values(), key=lambda g: -g.count)
+
+
+def read_status(path: str, failures_path: str) -> Status:
+    state = checkpoint.read(path)
+    if state is None:
+        raise UsageError(f"no state file at {path}")
+    return Status(path, state, running_pid(path), failures_path, group_failures(failures_path))
+
+
+def _when(ts: float) -> str:
+    if not ts:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def render(status: Status) -> str:
+    s = status.state
+    if status.running_pid:
+        where = f"running (pid {status.running_pid})"
+    elif s.finished:
+        where = "finished"
+    else:
+        where = "stopped; continue with --resume"
+    args = " ".join(f"{k}={v}" for k, v in sorted(s.kwargs.items())) or "-"
+    lines = [
+        f"state file   {status.path}",
+        f"target       {s.target}",
+        f"arguments    {args}",
+        f"status       {where}",
+        f"watermark    {s.watermark:,} (every job below it is done or recorded failed)",
+        f"done         {s.done:,}",
+        f"failed       {s.failed:,}",
+        f"started      {_when(s.started)}",
+        f"checkpoint   {_when(s.updated)}",
+        f"last rate    {s.rate:,.0f} jobs/s (run {s.runs})",
+    ]
+    if s.limit is not None:
+        lines.append(f"limit        {s.limit:,} (--limit; --resume without it goes on)")
+    if status.groups:
+        lines.append(f"failures     {status.failures_path}")
+        for g in status.groups:
+            lines.append(
+                f"  {g.count:>8,}  {g.error_type}: e.g. job {g.example.seq} "
+                f"{g.example.job_repr[:60]}: {g.example.error[:100]}"
+            )
+    return "\n".join(lines)
