@@ -273,6 +273,18 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        while True:
+            fd = self._lock_file()
+            # The holder before us removes the file as it releases it: if the file we
+            # locked is no longer at self.path, a run starting now would lock another one.
+            if self._still_current(fd):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def _lock_file(self) -> int:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -291,9 +303,15 @@ class StateLock:
                 f"{state_path_of(self.path)}. Wait for it to finish or stop it first; two "
                 "runs on one checkpoint would both lose track of jobs."
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
+        return fd
+
+    def _still_current(self, fd: int) -> bool:
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
     def release(self) -> None:
         if self._fd is not None:
