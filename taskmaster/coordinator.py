@@ -39,6 +39,7 @@ from .messages import (
     WorkerLost,
 )
 from .options import Options
+from .ratelimit import TokenBucket
 from .source import JobSource
 
 BATCH_SECONDS = 0.05  # aim for batches of about this much work: short jobs batch, long do not
@@ -160,6 +161,7 @@ class Coordinator:
         self.wake_fds: list[int] = []
         self.on_wake: Callable[[], None] = lambda: None
         self._t0 = clock()
+        self.bucket = TokenBucket(options.rate, self._t0) if options.rate else None
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -213,6 +215,8 @@ class Coordinator:
         timeout = min(TICK, max(0.0, self._last_ckpt + self.opt.checkpoint_every - now))
         if self.delayed:
             timeout = min(timeout, max(0.0, self.delayed[0][0] - now))
+        if self.bucket is not None:
+            timeout = min(timeout, self.bucket.wait(now))
         return timeout
 
     # -- stopping --------------------------------------------------------------------------
@@ -235,7 +239,8 @@ class Coordinator:
             return
         while self.delayed and self.delayed[0][0] <= now:
             self.ready.append(heapq.heappop(self.delayed)[2])
-        while self.transport.free_slots() > 0:
+        bucket = self.bucket
+        while self.transport.free_slots() > 0 and (bucket is None or bucket.ready(now)):
             if self.ready:
                 self._send(self.ready.popleft())
             elif not self._pull():
@@ -287,6 +292,8 @@ class Coordinator:
     def _batch_size(self) -> int:
         if self.opt.batch_size is not None:
             return self.opt.batch_size
+        if self.bucket is not None:  # small batches keep job starts smooth under --rate
+            return self.bucket.batch
         # Short jobs go in big batches; long jobs alone, so none waits behind another.
         slots = max(1, self.transport.free_slots() + len(self.in_flight))
         cap = max(1, min(MAX_BATCH, self.opt.size // slots))
@@ -311,6 +318,8 @@ class Coordinator:
         if whole and unit.digest is None:
             unit.digest = codec.digest(payload)
         self.in_flight[task.task_id] = task
+        if self.bucket is not None:
+            self.bucket.take(task.hi - task.lo, self.clock())
         self.transport.send(
             TaskSent(task.task_id, unit.start + task.lo, task.hi - task.lo, name, payload)
         )
