@@ -18,6 +18,7 @@ from .source import call_get_jobs
 from .status import find_state_file, read_status, render
 from .target import load_target, parse_kwargs
 
+DEFAULT_HANDLE_BATCH_SIZE = 100  # jobs per handle_batch call unless --batch-size says
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -181,7 +182,7 @@ def run_command(target: str, args: tuple[str, ...], **opts: Any) -> None:
         workers, rest = _split_args(args, opts.pop("workers"))
         kwargs = parse_kwargs(rest)
         tgt = load_target(target, opts.pop("get_jobs_name"), opts.pop("handle_job_name"))
-        assert tgt.get_jobs is not None and tgt.handle_job is not None
+        assert tgt.get_jobs is not None
         if opts.pop("dry_run"):
             _dry_run(tgt.get_jobs, kwargs, opts["limit"] or 10)
             return
@@ -190,12 +191,15 @@ def run_command(target: str, args: tuple[str, ...], **opts: Any) -> None:
         if opts["total"] is None and tgt.count_jobs is not None:
             opts["total"] = _count_jobs(tgt.count_jobs, kwargs)
         reporter = _reporter(opts.pop("no_progress"), opts.pop("log_every"), opts.pop("log_format"))
+        if tgt.handle_batch is not None and opts["batch_size"] is None:
+            opts["batch_size"] = DEFAULT_HANDLE_BATCH_SIZE
         if opts["state_file"] is None:
             opts["state_file"] = default_state_file(tgt.stem, kwargs)
         common = dict(
             reporter=reporter,
             setup_worker=tgt.setup_worker,
             teardown_worker=tgt.teardown_worker,
+            handle_batch=tgt.handle_batch,
             workers=workers if workers is not None else default_workers(),
         )
         if opts.pop("retry_failed"):

@@ -65,6 +65,7 @@ def retry_failed(
     reporter: Reporter | None = None,
     setup_worker: Callable[[], Any] | None = None,
     teardown_worker: Callable[[], Any] | None = None,
+    handle_batch: Callable[[list[Any]], Any] | None = None,
     transport: Transport | None = None,
     **options: Any,
 ) -> RunStats:
@@ -91,7 +92,7 @@ def retry_failed(
         log = FailureLog(tmp)
         opt = replace(opt, limit=None, size=max(1, min(opt.size, len(jobs) or 1)))
         transport = transport or make_local_transport(
-            opt, handle_job, setup_worker, teardown_worker
+            opt, handle_job, setup_worker, teardown_worker, handle_batch
         )
         base = State(target="retry-failed", kwargs={})
         try:

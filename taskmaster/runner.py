@@ -149,10 +149,13 @@ def make_local_transport(
     handle_job: Callable[[Any], Any] | None,
     setup_worker: Callable[[], Any] | None,
     teardown_worker: Callable[[], Any] | None,
+    handle_batch: Callable[[list[Any]], Any] | None = None,
 ) -> LocalTransport:
-    if handle_job is None:
-        raise UsageError("a local run needs a handle_job function")
-    spec = WorkerSpec(handle_job, opt.threads, opt.job_timeout, setup_worker, teardown_worker)
+    if handle_job is None and handle_batch is None:
+        raise UsageError("a local run needs a handle_job (or handle_batch) function")
+    spec = WorkerSpec(
+        handle_job, opt.threads, opt.job_timeout, setup_worker, teardown_worker, handle_batch
+    )
     return LocalTransport(spec, opt.workers)
 
 
@@ -198,10 +201,14 @@ def run(
     reporter: Reporter | None = None,
     setup_worker: Callable[[], Any] | None = None,
     teardown_worker: Callable[[], Any] | None = None,
+    handle_batch: Callable[[list[Any]], Any] | None = None,
     transport: Transport | None = None,
     **options: Any,
 ) -> RunStats:
     """Run ``handle_job`` on every job ``get_jobs(**kwargs)`` yields; see Options for options.
+
+    ``handle_batch(jobs)``, if given, is called with lists of up to ``batch_size`` jobs
+    instead; when it raises, ``handle_job`` (if given) retries the batch's jobs one by one.
 
     With ``state_file``, progress is checkpointed there and ``resume=True`` continues a
     previous run. Raises TaskmasterError for bad input; returns the run's RunStats.
@@ -248,7 +255,7 @@ def run(
             else Ledger()
         )
         transport = transport or make_local_transport(
-            opt, handle_job, setup_worker, teardown_worker
+            opt, handle_job, setup_worker, teardown_worker, handle_batch
         )
         stats = execute(
             opt,

@@ -28,6 +28,7 @@ class Target:
     setup_worker: Callable[[], Any] | None = None
     teardown_worker: Callable[[], Any] | None = None
     count_jobs: Callable[..., Any] | None = None
+    handle_batch: Callable[[list[Any]], Any] | None = None
 
     @property
     def identity(self) -> str:
@@ -148,6 +149,9 @@ def load_target(
             )
     name, module = load_module(path)
     stem = name.rpartition(".")[2]
+    handle_batch = _function(module, path, "handle_batch", False) if need_handle_job else None
+    if handle_batch is not None and handle_job == "handle_job":
+        need_handle_job = False  # handle_job, if there too, is the fallback for a failed batch
     return Target(
         name=name,
         stem=stem,
@@ -157,6 +161,7 @@ def load_target(
         setup_worker=_function(module, path, "setup_worker", False),
         teardown_worker=_function(module, path, "teardown_worker", False),
         count_jobs=_function(module, path, "count_jobs", False),
+        handle_batch=handle_batch,
     )
 
 

@@ -38,15 +38,16 @@ EXIT_PARENT_GONE = 4
 class WorkerSpec:
     """What a worker runs; inherited through fork, never pickled."""
 
-    handle_job: Callable[[Any], Any]
+    handle_job: Callable[[Any], Any] | None
     threads: int = 1
     job_timeout: float | None = None
     setup: Callable[[], Any] | None = None
     teardown: Callable[[], Any] | None = None
+    handle_batch: Callable[[list[Any]], Any] | None = None
 
     @property
     def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.handle_job)
+        return self.handle_batch is None and inspect.iscoroutinefunction(self.handle_job)
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -109,9 +110,33 @@ class Worker:
         jobs = self.decode(task)
         if jobs is None:
             return
-        handle = self.spec.handle_job
-        failures: list[JobFailed] = []
         started = time.perf_counter()
+        if self.spec.handle_batch is not None:
+            failures = self.run_handle_batch(jobs, task.task_id, slot)
+        else:
+            failures = self.run_jobs(jobs, task.task_id, slot)
+        self.send(BatchDone(task.task_id, time.perf_counter() - started, tuple(failures)))
+
+    def run_handle_batch(self, jobs: list[Any], task_id: int, slot: int) -> list[JobFailed]:
+        """One ``handle_batch(jobs)`` call; if it raises, each job alone through handle_job."""
+        assert self.spec.handle_batch is not None
+        if self.spec.job_timeout is not None:
+            self.current[slot] = (task_id, 0, time.monotonic())
+        try:
+            self.spec.handle_batch(jobs)
+            return []
+        except BaseException as exc:
+            if self.spec.handle_job is None:
+                error, tb = describe_error(exc)
+                return [JobFailed(i, error, tb) for i in range(len(jobs))]
+        finally:
+            self.current[slot] = None
+        return self.run_jobs(jobs, task_id, slot)
+
+    def run_jobs(self, jobs: list[Any], task_id: int, slot: int) -> list[JobFailed]:
+        handle = self.spec.handle_job
+        assert handle is not None
+        failures: list[JobFailed] = []
         if self.spec.job_timeout is None:
             for index, job in enumerate(jobs):
                 try:
@@ -119,15 +144,15 @@ class Worker:
                 except BaseException as exc:
                     failures.append(JobFailed(index, *describe_error(exc)))
         else:
-            current, clock, tid = self.current, time.monotonic, task.task_id
+            current, clock = self.current, time.monotonic
             for index, job in enumerate(jobs):
-                current[slot] = (tid, index, clock())
+                current[slot] = (task_id, index, clock())
                 try:
                     handle(job)
                 except BaseException as exc:
                     failures.append(JobFailed(index, *describe_error(exc)))
             current[slot] = None
-        self.send(BatchDone(task.task_id, time.perf_counter() - started, tuple(failures)))
+        return failures
 
     def runner(self, slot: int) -> None:
         while True:
@@ -215,11 +240,13 @@ class Worker:
         failures: list[JobFailed] = []
         started = time.perf_counter()
         timeout = self.spec.job_timeout
+        handle = self.spec.handle_job
+        assert handle is not None
 
         async def one(index: int, job: Any) -> None:
             async with gate:
                 try:
-                    await asyncio.wait_for(self.spec.handle_job(job), timeout)
+                    await asyncio.wait_for(handle(job), timeout)
                 except TimeoutError:
                     failures.append(JobFailed(index, f"JobTimeout: ran over {timeout} s", ""))
                 except BaseException as exc:
