@@ -28,9 +28,14 @@ class JobSource:
         self._it = jobs
         self.total = total
         self._pushback = list(pushback or [])
-        self.exhausted = False
+        self._ended = False  # the generator returned or raised
         self.error: GeneratorError | None = None
         self.notice: str | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        """No more jobs will come: the generator ended or raised and nothing is pushed back."""
+        return self._ended and not self._pushback
 
     def pull(self, n: int, max_wait: float = 0.02) -> list[Any]:
         """Up to ``n`` jobs; fewer when the generator ends, raises, or is slow."""
@@ -38,7 +43,7 @@ class JobSource:
         del self._pushback[:n]
         chunk = 1
         deadline = time.monotonic() + max_wait
-        while len(out) < n and not self.exhausted:
+        while len(out) < n and not self._ended:
             want = min(chunk, n - len(out))
             before = len(out)
             try:
@@ -47,7 +52,7 @@ class JobSource:
                 self._fail(exc)
                 break
             if len(out) - before < want:
-                self.exhausted = True
+                self._ended = True
             elif time.monotonic() > deadline:
                 break
             chunk *= 2
@@ -56,7 +61,7 @@ class JobSource:
     def _fail(self, exc: BaseException) -> None:
         error, tb = describe_error(exc)
         self.error = GeneratorError(f"get_jobs raised {error}", tb)
-        self.exhausted = True
+        self._ended = True
 
 
 def accepts_last(get_jobs: Callable[..., Any]) -> bool:
@@ -111,12 +116,13 @@ def open_source(
             source._pushback = first if unresolved else []
         elif unresolved:
             source._pushback = [anchor.job, *first]
-            source.notice = (
-                "get_jobs(last=...) did not yield the job at the watermark "
-                f"({codec.short_repr(anchor.job, 60)}) first; taskmaster runs it from the "
-                "checkpoint. Make get_jobs restart at last, "
-                "inclusive, as in range(last, ...)."
-            )
+            if source.error is None:  # else the error says why, not this
+                source.notice = (
+                    "get_jobs(last=...) did not yield the job at the watermark "
+                    f"({codec.short_repr(anchor.job, 60)}) first; taskmaster runs it from the "
+                    "checkpoint. Make get_jobs restart at last, "
+                    "inclusive, as in range(last, ...)."
+                )
         else:
             source._pushback = first
         return source
