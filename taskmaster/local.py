@@ -9,6 +9,7 @@ knows exactly which batches the dead worker held. It then starts a replacement.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import pickle
@@ -114,8 +115,11 @@ class LocalTransport:
         )
         handle.held.add(task.task_id)
         # A worker that died mid-send is reported by its sentinel, with this batch.
+        # Header and payload go as two messages so the payload is never copied into a pickle.
+        header = pickle.dumps(dataclasses.replace(task, payload=b""), protocol=5)
         with contextlib.suppress(OSError):
-            handle.conn.send_bytes(pickle.dumps(task, protocol=5))
+            handle.conn.send_bytes(header)
+            handle.conn.send_bytes(task.payload)
 
     def wait(self, timeout: float | None, wake_fds: list[int]) -> list[Event]:
         by_conn = {h.conn: h for h in self._workers.values()}

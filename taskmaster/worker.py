@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import faulthandler
 import inspect
 import os
@@ -171,6 +172,12 @@ class Worker:
                 self.send(JobTimedOut(entry[0], entry[1], now - entry[2]))
                 os._exit(EXIT_TIMEOUT)
 
+    def _recv_payload(self) -> bytes:
+        try:
+            return self.conn.recv_bytes()
+        except (EOFError, OSError):
+            os._exit(EXIT_PARENT_GONE)
+
     def read_loop(self, on_task: Callable[[TaskSent | Stop], None]) -> None:
         interval = None if self.spec.job_timeout is None else min(1.0, self.spec.job_timeout / 4)
         while True:
@@ -181,6 +188,8 @@ class Worker:
                 os._exit(EXIT_PARENT_GONE)  # the parent is gone: nobody wants our results
             if data is not None:
                 msg = pickle.loads(data)
+                if isinstance(msg, TaskSent):  # its payload follows as a message of its own
+                    msg = dataclasses.replace(msg, payload=self._recv_payload())
                 on_task(msg)
                 if isinstance(msg, Stop):
                     return
