@@ -26,7 +26,7 @@ from .ledger import Ledger
 from .local import LocalTransport
 from .messages import Transport
 from .options import Options
-from .source import JobSource, open_source
+from .source import JobSource, check_kwargs, open_source
 from .worker import WorkerSpec
 
 
@@ -215,6 +215,7 @@ def run(
     """
     opt = validate_options(options)
     kwargs = dict(kwargs or {})
+    check_kwargs(get_jobs, kwargs)
     reporter = reporter or QuietReporter()
     name = target or f"{get_jobs.__module__}:{get_jobs.__qualname__}"
     lock = StateLock(opt.state_file) if opt.state_file else None
@@ -223,7 +224,8 @@ def run(
         lock.acquire()
     try:
         previous = None
-        base = State(target=name, kwargs=kwargs, started=time.time(), limit=opt.limit)
+        now = time.time()
+        base = State(target=name, kwargs=kwargs, started=now, updated=now, limit=opt.limit)
         if opt.state_file:
             previous = _prepare_state(opt, opt.state_file, name, kwargs, reporter)
             if previous is not None:

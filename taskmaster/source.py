@@ -15,7 +15,7 @@ from typing import Any
 
 from . import codec
 from .checkpoint import Anchor
-from .errors import CheckpointError, GeneratorError
+from .errors import CheckpointError, GeneratorError, UsageError
 from .worker import describe_error
 
 
@@ -70,6 +70,23 @@ def accepts_last(get_jobs: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):
         return True
     return "last" in params
+
+
+def check_kwargs(get_jobs: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Refuse KEY=VALUE arguments that ``get_jobs`` cannot take, before anything runs."""
+    try:
+        sig = inspect.signature(get_jobs)
+    except (TypeError, ValueError):
+        return
+    probe = {**kwargs, "last": None} if "last" in sig.parameters else kwargs
+    try:
+        sig.bind(**probe)
+    except TypeError as exc:
+        given = " ".join(f"{k}=..." for k in kwargs) or "no KEY=VALUE arguments"
+        raise UsageError(
+            f"get_jobs{sig} cannot be called with {given}: {exc}. KEY=VALUE arguments "
+            "after the target become keyword arguments of get_jobs."
+        ) from None
 
 
 def call_get_jobs(get_jobs: Callable[..., Any], kwargs: dict[str, Any]) -> JobSource:

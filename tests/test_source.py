@@ -14,8 +14,14 @@ import pytest
 
 from taskmaster import codec
 from taskmaster.checkpoint import Anchor
-from taskmaster.errors import CheckpointError, GeneratorError
-from taskmaster.source import JobSource, accepts_last, call_get_jobs, open_source
+from taskmaster.errors import CheckpointError, GeneratorError, UsageError
+from taskmaster.source import (
+    JobSource,
+    accepts_last,
+    call_get_jobs,
+    check_kwargs,
+    open_source,
+)
 
 N = 10
 
@@ -269,3 +275,15 @@ def test_get_jobs_raising_before_its_first_yield() -> None:
 
     with pytest.raises(GeneratorError, match="RuntimeError: no connection"):
         call_get_jobs(get_jobs, {})
+
+
+def test_check_kwargs_refuses_what_get_jobs_cannot_take() -> None:
+    def get_jobs(table: str, last: Any = None) -> Iterator[int]:
+        yield 1
+
+    check_kwargs(get_jobs, {"table": "users"})
+    with pytest.raises(UsageError, match="unexpected keyword argument 'tabel'"):
+        check_kwargs(get_jobs, {"table": "users", "tabel": "x"})
+    with pytest.raises(UsageError, match="missing a required argument: 'table'"):
+        check_kwargs(get_jobs, {})
+    check_kwargs(inclusive, {"anything": "goes"})  # **kwargs takes all
