@@ -57,6 +57,8 @@ class RunResult:
         """A one-line reason for a failed run."""
         if self.timed_out:
             return f"timed out after {self.wall:.0f} s"
+        if self.returncode is None:
+            return self.stderr.strip()
         lines = [ln for ln in (self.stderr + self.stdout).splitlines() if ln.strip()]
         last = lines[-1].strip() if lines else "no output"
         return f"exit {self.returncode}: {last[:160]}"
@@ -123,6 +125,24 @@ def kill_group(proc: subprocess.Popen[Any]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def kill_tree(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL ``proc``'s group and every descendant, with the groups they lead.
+
+    A benchmark script starts each of its runs in a session of its own, so killing the
+    script's group alone would leave those runs behind.
+    """
+    try:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        kids = []
+    kill_group(proc)
+    for kid in kids:
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(kid.pid) == kid.pid:
+                os.killpg(kid.pid, signal.SIGKILL)
+            kid.kill()
+
+
 def run_cmd(
     cmd: Sequence[str],
     timeout: float,
@@ -139,14 +159,17 @@ def run_cmd(
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started_at = time.time()
         t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            list(cmd),
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
+        try:
+            proc = subprocess.Popen(
+                list(cmd),
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
+        except OSError as exc:
+            return RunResult(None, 0.0, "", f"cannot start {cmd[0]}: {exc}", started_at=started_at)
         sampler = MemorySampler(proc.pid) if memory else None
         thread = threading.Thread(target=sampler.loop, daemon=True) if sampler else None
         timed_out = False
@@ -349,11 +372,13 @@ def run_alternating(
     memory: bool = False,
     budget: float = float("inf"),
 ) -> list[Outcome]:
-    """Run A B C A B C ... ``reps`` times; a runner that fails once is not run again,
-    nor one whose runs so far took more than ``budget`` seconds in all."""
+    """Run the rows in turn, ``reps`` rounds, each round starting one row later (A B C,
+    B C A, C A B, ...) so no row always follows the same one. A row that fails once is not
+    run again, nor one whose runs so far took more than ``budget`` seconds in all."""
     outcomes = [Outcome(r, error=r.unavailable, reps=reps) for r in runners]
     for rep in range(reps):
-        for out in outcomes:
+        shift = rep % max(1, len(outcomes))
+        for out in outcomes[shift:] + outcomes[:shift]:
             if out.error is not None or sum(out.walls) > budget:
                 continue
             res, error = run_once(out.runner, timeout, memory)

@@ -110,7 +110,7 @@ def run_joblib(handle: Handler, jobs: Iterable[Any], opts: argparse.Namespace) -
 
 
 def run_mpire(handle: Handler, jobs: Iterable[Any], opts: argparse.Namespace) -> int:
-    from mpire import WorkerPool
+    from mpire.pool import WorkerPool
 
     with WorkerPool(n_jobs=opts.workers, start_method="fork") as pool:
         results = pool.imap_unordered(handle, jobs, chunk_size=opts.chunk)
