@@ -491,7 +491,14 @@ def report_ideal(outcomes: Sequence[Outcome], ideal: float) -> None:
     print_unavailable(outcomes)
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so run_all can stop a script and still have its
+    ``finally`` blocks kill the script's runs and remove its temp dirs."""
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
+
+
 def base_parser(doc: str | None) -> argparse.ArgumentParser:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer jobs, for a smoke run")
     return parser

@@ -16,6 +16,7 @@ import benchlib as bl
 
 SCRIPTS = ("noop", "memory", "io_threads", "async_io", "checkpoint_cost", "resume_skip")
 TIMEOUT = 240.0  # per script; a script's own runs are bounded more tightly
+GRACE = 10.0  # seconds a stopped script gets to kill its runs and remove its temp dirs
 
 
 def run_script(name: str, quick: bool) -> tuple[str, float]:
@@ -27,7 +28,10 @@ def run_script(name: str, quick: bool) -> tuple[str, float]:
         rc = proc.wait(timeout=TIMEOUT)
         status = "ok" if rc == 0 else f"exit {rc}"
     except subprocess.TimeoutExpired:
-        status = f"killed after {TIMEOUT:.0f} s"
+        status = f"stopped after {TIMEOUT:.0f} s"
+        proc.terminate()  # the script cleans up on SIGTERM; the kill below is the backstop
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=GRACE)
     finally:
         bl.kill_tree(proc)
         with contextlib.suppress(subprocess.TimeoutExpired):
