@@ -9,7 +9,8 @@ Rules that keep jobs from being lost:
 - the watermark passes a seq only when its result arrived, or its failure is fsynced in
   the failures file (failures are written before the checkpoint that counts them);
 - a batch held by a worker that died runs again: split into smaller pieces, uncharged,
-  until a single job is left; a single job that loses its worker is charged an attempt;
+  until a single job is left; a single job that loses its worker is charged an attempt,
+  unless the worker had not started it yet or was stopped for another job's timeout;
 - nothing is checkpointed after a failed write to the state folder.
 """
 
@@ -21,7 +22,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import codec
 from .checkpoint import Anchor, State
@@ -44,6 +45,7 @@ from .source import JobSource
 
 BATCH_SECONDS = 0.05  # aim for batches of about this much work: short jobs batch, long do not
 MAX_BATCH = 4096
+BATCH_BYTES = 1 << 20  # big jobs go in smaller batches: a pipe moves ~1 MiB without stalling
 TICK = 0.1
 
 
@@ -150,7 +152,7 @@ class Coordinator:
         self.delayed: list[tuple[float, int, Task]] = []
         self._timed_out: dict[int, tuple[int, float]] = {}
         self._per_job = 0.0  # EWMA of seconds per job, from workers' reports
-        self._batch = 1
+        self._job_bytes = 0  # encoded size of a job, from the latest unit
         self.stopping: str | None = None  # why the run stops early, once it does
         self._stop_at = 0.0
         self.aborted = False
@@ -294,12 +296,13 @@ class Coordinator:
             return self.opt.batch_size
         if self.bucket is not None:  # small batches keep job starts smooth under --rate
             return self.bucket.batch
-        # Short jobs go in big batches; long jobs alone, so none waits behind another.
-        slots = max(1, self.transport.free_slots() + len(self.in_flight))
-        cap = max(1, min(MAX_BATCH, self.opt.size // slots))
+        # Short jobs go in big batches; long jobs alone, so none waits behind another. Until
+        # the first result tells how long a job takes, batches are single jobs: a guess too
+        # big would park seconds of work behind one thread.
         if self._per_job <= 0:
-            self._batch = min(cap, self._batch * 2)  # no measure yet: grow from 1
-            return self._batch
+            return 1
+        slots = max(1, self.transport.free_slots() + len(self.in_flight))
+        cap = min(MAX_BATCH, self.opt.size // slots, BATCH_BYTES // max(1, self._job_bytes))
         return max(1, min(cap, int(BATCH_SECONDS / self._per_job)))
 
     def _new_task(self, unit: Unit, lo: int, hi: int, attempt: int) -> Task:
@@ -317,6 +320,7 @@ class Coordinator:
         name, payload = encoded
         if whole and unit.digest is None:
             unit.digest = codec.digest(payload)
+            self._job_bytes = len(payload) // len(jobs)
         self.in_flight[task.task_id] = task
         if self.bucket is not None:
             self.bucket.take(task.hi - task.lo, self.clock())
@@ -360,7 +364,8 @@ class Coordinator:
         elif isinstance(event, BatchUnreadable):
             task = self.in_flight.pop(event.task_id, None)
             if task is not None:
-                self._lost_task(task, event.error, event.traceback)
+                error = f"UnpickleError: the worker could not rebuild the job ({event.error})"
+                self._lost_task(task, error, event.traceback)
         elif isinstance(event, Output):
             self.reporter.message(event.text)
 
@@ -397,33 +402,41 @@ class Coordinator:
     def _on_lost(self, event: WorkerLost) -> None:
         self.stats.workers_lost += 1
         tasks = [t for t in (self.in_flight.pop(i, None) for i in event.task_ids) if t]
+        timed_out = {
+            t.task_id: self._timed_out.pop(t.task_id) for t in tasks if t.task_id in self._timed_out
+        }
         seqs = ", ".join(_seq_range(t) for t in tasks) or "no jobs"
+        who = f"worker {event.worker_id} (pid {event.pid}) {event.reason}"
         if self.stopping and not self.aborted:
             self.reporter.message(
-                f"worker {event.worker_id} (pid {event.pid}) {event.reason} holding {seqs}; "
-                "they stay unresolved and run again on --resume"
+                f"{who} holding {seqs}; they stay unresolved and run again on --resume"
             )
             return
-        self.reporter.message(
-            f"worker {event.worker_id} (pid {event.pid}) {event.reason} holding {seqs}; "
-            "they will run again"
-        )
-        error = f"WorkerDied: worker {event.worker_id} (pid {event.pid}) {event.reason}"
+        self.reporter.message(f"{who} holding {seqs}; they will run again")
+        queued = set(event.queued)
+        innocent: list[Task] = []
         for task in tasks:
-            timed_out = self._timed_out.pop(task.task_id, None)
-            if timed_out is None:
-                self._lost_task(task, error, "")
-                continue
-            index, seconds = timed_out
-            at = task.lo + index
-            for lo, hi in ((task.lo, at), (at + 1, task.hi)):
-                if lo < hi:
-                    self.ready.appendleft(self._new_task(task.unit, lo, hi, task.attempt))
-            self._charge(
-                self._new_task(task.unit, at, at + 1, task.attempt),
-                f"JobTimeout: job ran over --job-timeout ({seconds:.1f} s)",
-                "",
-            )
+            if task.task_id in timed_out:
+                self._on_timed_out(task, *timed_out[task.task_id])
+            elif timed_out or task.task_id in queued:
+                # Not the cause: the worker was stopped for another job's timeout, or had not
+                # started this batch. It runs again as it was, uncharged.
+                innocent.append(self._new_task(task.unit, task.lo, task.hi, task.attempt))
+            else:
+                self._lost_task(task, f"WorkerDied: {who}", "")
+        self.ready.extendleft(reversed(innocent))
+
+    def _on_timed_out(self, task: Task, index: int, seconds: float) -> None:
+        """Charge the job that ran past --job-timeout; the rest of its batch runs again."""
+        at = task.lo + index
+        for lo, hi in ((task.lo, at), (at + 1, task.hi)):
+            if lo < hi:
+                self.ready.appendleft(self._new_task(task.unit, lo, hi, task.attempt))
+        self._charge(
+            self._new_task(task.unit, at, at + 1, task.attempt),
+            f"JobTimeout: job ran over --job-timeout ({seconds:.1f} s)",
+            "",
+        )
 
     def _lost_task(self, task: Task, error: str, tb: str) -> None:
         """A batch came back without results: isolate the culprit by splitting, then charge."""
@@ -478,10 +491,11 @@ class Coordinator:
 
     # -- checkpoint and stats --------------------------------------------------------------
 
-    def state(self, final: bool = False) -> State:
+    def state(self, final: bool = False) -> State | None:
+        """The checkpoint to write now; None when it cannot name the job to resume from."""
         ledger = self.ledger
         wm = ledger.watermark
-        anchor = None
+        anchor = self.base.anchor  # a resumed run that has pulled nothing yet
         lowest = ledger.lowest_open()
         if lowest is not None:
             anchor = Anchor(wm, lowest.jobs[0], codec.job_digest(lowest.jobs[0]))
@@ -493,6 +507,10 @@ class Coordinator:
             and self.source.error is None
             and not (ledger.open_units or self.stopping)
         )
+        if anchor is not None and not _storable(anchor.job):
+            if not finished:
+                return None  # a job that cannot be serialized cannot be handed back as last
+            anchor = None  # a finished run is never resumed from its anchor
         elapsed = max(1e-9, self.clock() - self._t0)
         return State(
             target=self.base.target,
@@ -518,8 +536,16 @@ class Coordinator:
         key = (self.ledger.watermark, self.ledger.done, self.ledger.failed)
         if key == self._saved and not final:
             return
+        state = self.state(final)
+        if state is None:
+            if final:
+                self.reporter.message(
+                    "the last checkpoint was kept: the job at the new watermark cannot be "
+                    "serialized to resume from, so --resume runs some finished jobs again"
+                )
+            return
         try:
-            self.sink.write(self.state(final))
+            self.sink.write(state)
             self._saved = key
         except StateIOError as exc:
             self._io_failed(exc)
@@ -562,6 +588,14 @@ class Coordinator:
         else:
             s.exit_code = EXIT_FAILED if self.ledger.failed else EXIT_OK
         return s
+
+
+def _storable(job: Any) -> bool:
+    try:
+        codec.dumps(job)
+    except codec.EncodeError:
+        return False
+    return True
 
 
 def _seq_range(task: Task) -> str:

@@ -54,8 +54,7 @@ def describe_exit(exitcode: int | None) -> str:
     if exitcode == EXIT_PARENT_GONE:
         return "lost its parent"
     return (
-        f"exited with code {exitcode} while holding jobs "
-        "(the handler called os._exit(), or sys.exit() outside a job?)"
+        f"exited with code {exitcode} (the handler called os._exit(), or sys.exit() outside a job?)"
     )
 
 
@@ -64,7 +63,8 @@ class _Handle:
     worker_id: int
     process: BaseProcess
     conn: Connection
-    held: set[int] = field(default_factory=set)
+    # task ids in the order they were sent; a dict keeps that order, unlike a set
+    held: dict[int, None] = field(default_factory=dict)
     stopping: bool = False
 
 
@@ -113,7 +113,7 @@ class LocalTransport:
             (h for h in self._workers.values() if not h.stopping),
             key=lambda h: self.slots_each - len(h.held),
         )
-        handle.held.add(task.task_id)
+        handle.held[task.task_id] = None
         # A worker that died mid-send is reported by its sentinel, with this batch.
         # Header and payload go as two messages so the payload is never copied into a pickle.
         header = pickle.dumps(dataclasses.replace(task, payload=b""), protocol=5)
@@ -145,7 +145,7 @@ class LocalTransport:
             while conn.poll():
                 event = pickle.loads(conn.recv_bytes())
                 if isinstance(event, (BatchDone, BatchUnreadable)):
-                    handle.held.discard(event.task_id)
+                    handle.held.pop(event.task_id, None)
                 events.append(event)
         except (EOFError, OSError):
             return False
@@ -155,7 +155,7 @@ class LocalTransport:
         handle.process.join(timeout=5)
         handle.conn.close()
         del self._workers[handle.worker_id]
-        held = tuple(sorted(handle.held))
+        held = tuple(handle.held)
         self.lost += 1
         if not handle.stopping:
             self._spawn()
@@ -164,7 +164,18 @@ class LocalTransport:
             handle.process.pid or 0,
             held,
             describe_exit(handle.process.exitcode),
+            queued=self._never_started(held),
         )
+
+    def _never_started(self, held: tuple[int, ...]) -> tuple[int, ...]:
+        """The held batches a dead worker had certainly not started.
+
+        Runner threads take batches from the worker's queue in the order they were sent, and
+        every result the worker sent before dying has been read, so at most ``threads`` of
+        the held batches (the oldest) were running. An async worker starts every batch at
+        once, so none is certain.
+        """
+        return () if self.spec.is_async else held[self.spec.threads :]
 
     def kill_worker_holding(self, task_id: int) -> None:
         """Kill the worker holding a task, e.g. one whose job hung past its timeout."""

@@ -57,12 +57,17 @@ class JobTimedOut:
 
 @dataclass(frozen=True, slots=True)
 class WorkerLost:
-    """A worker is gone; the batches it held must run again."""
+    """A worker is gone; the batches it held must run again.
+
+    ``queued`` lists the held batches the worker had certainly not started (waiting in its
+    local queue): they did not cause the death, so they run again uncharged.
+    """
 
     worker_id: int
     pid: int
     task_ids: tuple[int, ...]
     reason: str
+    queued: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

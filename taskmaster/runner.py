@@ -232,6 +232,7 @@ def run(
                 base = State(
                     target=name,
                     kwargs=kwargs,
+                    anchor=previous.anchor,  # kept if this run pulls nothing
                     started=previous.started,
                     runs=previous.runs + 1,
                     limit=opt.limit,

@@ -1,0 +1,151 @@
+"""Helpers for the fault tests: a job module that misbehaves on demand, and the invariants.
+
+The module extends the ledger module of conftest. Environment variables pick the fault:
+
+- ``TM_FAULT``: what the seqs in ``TM_BAD`` do (handler faults run after the ledger write,
+  so the ledger counts every attempt; generator faults replace the job by a bad object);
+- ``TM_GATES``: before yielding seq g, ``get_jobs`` waits for the file ``go-<g>``;
+- ``TM_FAST_FILE``: once this file exists, the handler stops sleeping ``TM_SLEEP``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import subprocess
+from collections.abc import Iterator
+
+from conftest import LEDGER_MODULE, Job, kill_group
+
+from taskmaster import checkpoint
+
+FAULT_MODULE = (
+    LEDGER_MODULE
+    + """
+import ctypes, signal, socket, sys
+
+FAULT = os.environ.get("TM_FAULT", "")
+BAD = {int(s) for s in os.environ.get("TM_BAD", "").split(",") if s}
+GATES = {int(s) for s in os.environ.get("TM_GATES", "").split(",") if s}
+FAST_FILE = os.environ.get("TM_FAST_FILE", "")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _refuse():
+    raise RuntimeError("this job cannot be rebuilt")
+
+
+class ErrorAtUnpickle:
+    def __reduce__(self):
+        return (_refuse, ())
+
+
+class ExitAtUnpickle:
+    def __reduce__(self):
+        return (sys.exit, (5,))
+
+
+class CrashAtUnpickle:
+    def __reduce__(self):
+        return (ctypes.string_at, (0,))
+
+
+MAKE_BAD = {
+    "genobj": lambda: (x for x in ()),
+    "socket": lambda: socket.socket(),
+    "unpickle_error": ErrorAtUnpickle,
+    "unpickle_exit": ExitAtUnpickle,
+    "unpickle_crash": CrashAtUnpickle,
+}
+
+
+def get_jobs(last=0, **kwargs):
+    for i in range(int(last), N):
+        if i in GATES:
+            while not os.path.exists(os.path.join(HERE, "go-%d" % i)):
+                time.sleep(0.005)
+        if i in BAD and FAULT == "gen_raise":
+            raise RuntimeError("get_jobs broke at %d" % i)
+        yield MAKE_BAD[FAULT]() if i in BAD and FAULT in MAKE_BAD else i
+
+
+def handle_job(job):
+    if SLEEP and not (FAST_FILE and os.path.exists(FAST_FILE)):
+        time.sleep(SLEEP)
+    record(job)
+    if job not in BAD:
+        return
+    if FAULT == "raise":
+        raise ValueError("job %d is bad" % job)
+    if FAULT == "sys_exit":
+        sys.exit(3)
+    if FAULT == "os_exit":
+        os._exit(0)
+    if FAULT == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if FAULT == "segv":
+        ctypes.string_at(0)
+    if FAULT == "hang":
+        time.sleep(1e9)
+    if FAULT == "flaky":
+        try:
+            os.close(os.open(os.path.join(HERE, "flaky-%d" % job), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return
+        raise ConnectionError("job %d: first attempt fails" % job)
+"""
+)
+
+
+def ran(job: Job) -> collections.Counter[int]:
+    return job.counts()
+
+
+def ledger_lines(job: Job) -> int:
+    return sum(job.counts().values())
+
+
+def failed_seqs(job: Job) -> set[int]:
+    return {int(str(r["seq"])) for r in job.failures()}
+
+
+def watermark(job: Job) -> int:
+    """The watermark of the checkpoint on disk, after checking it parses (I5); 0 if none."""
+    state = checkpoint.read(str(job.state))
+    return 0 if state is None else state.watermark
+
+
+def assert_checkpoint_safe(job: Job) -> int:
+    """I2: every seq below the checkpoint's watermark ran or is in the failures file."""
+    wm = watermark(job)
+    counts, failed = job.counts(), failed_seqs(job)
+    missing = [i for i in range(wm) if counts[i] == 0 and i not in failed]
+    assert not missing, f"watermark {wm} passed jobs that never ran: {missing[:20]}"
+    return wm
+
+
+def assert_no_loss(job: Job, n: int) -> None:
+    """I1: every seq ran at least once or is in the failures file."""
+    counts, failed = job.counts(), failed_seqs(job)
+    missing = [i for i in range(n) if counts[i] == 0 and i not in failed]
+    assert not missing, f"jobs lost: {missing[:20]} ({len(missing)} in all)"
+
+
+def assert_no_stale_temps(job: Job) -> None:
+    left = [p.name for p in job.folder.iterdir() if ".tmp." in p.name]
+    assert not left, f"stale temp files: {left}"
+
+
+@contextlib.contextmanager
+def started(job: Job, *args: str, **env: str) -> Iterator[subprocess.Popen[str]]:
+    """A run in its own process group, killed (group and all) if the test leaves early."""
+    proc = job.start(*args, **env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
