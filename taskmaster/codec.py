@@ -11,8 +11,6 @@ import pickle
 from collections.abc import Sequence
 from typing import Any
 
-import dill
-
 PICKLE = "pickle"
 DILL = "dill"
 
@@ -27,6 +25,8 @@ def dumps(obj: Any) -> tuple[str, bytes]:
         return PICKLE, pickle.dumps(obj, protocol=5)
     except Exception:
         pass
+    import dill  # only when pickle fails: it costs ~20 ms to import
+
     try:
         return DILL, dill.dumps(obj, protocol=5)
     except Exception as exc:
@@ -35,6 +35,8 @@ def dumps(obj: Any) -> tuple[str, bytes]:
 
 def loads(codec: str, data: bytes) -> Any:
     if codec == DILL:
+        import dill
+
         return dill.loads(data)
     return pickle.loads(data)
 
