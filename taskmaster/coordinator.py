@@ -512,14 +512,15 @@ class Coordinator:
                 return None  # a job that cannot be serialized cannot be handed back as last
             anchor = None  # a finished run is never resumed from its anchor
         elapsed = max(1e-9, self.clock() - self._t0)
+        done, failed = ledger.settled()  # an open unit runs again whole on resume
         return State(
             target=self.base.target,
             kwargs=self.base.kwargs,
             watermark=wm,
             anchor=anchor,
             resolved=tuple(ledger.resolved_above()),
-            done=ledger.done,
-            failed=ledger.failed,
+            done=done,
+            failed=failed,
             finished=finished,
             limit=self.opt.limit,
             started=self.base.started,

@@ -27,6 +27,8 @@ class Unit:
     jobs: list[Any]
     remaining: int
     digest: str | None = None
+    done: int = 0  # of its jobs resolved so far, for settled()
+    failed: int = 0
 
     @property
     def end(self) -> int:
@@ -117,6 +119,8 @@ class Ledger:
         if unit.start not in self._open or count > unit.remaining:
             raise ValueError(f"resolving {count} jobs of unit {unit.start} with {unit.remaining}")
         unit.remaining -= count
+        unit.done += done
+        unit.failed += failed
         self.done += done
         self.failed += failed
         if unit.remaining == 0:
@@ -125,6 +129,18 @@ class Ledger:
             self.held -= len(unit.jobs)
             if not was_lowest:
                 self._resolved[unit.start] = ResolvedRange(unit.start, unit.end, unit.digest)
+
+    def settled(self) -> tuple[int, int]:
+        """(done, failed) without the jobs of open units: what a checkpoint may count.
+
+        A resumed run runs an open unit again whole, so its resolved jobs would be
+        counted twice over all runs.
+        """
+        open_units = self._open.values()
+        return (
+            self.done - sum(u.done for u in open_units),
+            self.failed - sum(u.failed for u in open_units),
+        )
 
     def resolved_above(self) -> list[ResolvedRange]:
         """Ranges resolved above the watermark, oldest first; prunes the ones below it."""

@@ -77,6 +77,20 @@ def test_resolved_range_keeps_the_unit_digest() -> None:
     assert ledger.resolved_above() == [ResolvedRange(1, 3, "d1")]
 
 
+def test_settled_counts_leave_out_jobs_of_open_units() -> None:
+    # A resumed run runs an open unit again whole: a checkpoint counting its resolved jobs
+    # would count them twice over all runs.
+    ledger = Ledger.resume(0, [], done=5, failed=1)
+    a = ledger.open_unit(list(range(4)))
+    b = ledger.open_unit(list(range(3)))
+    ledger.resolve(a, done=2, failed=1)
+    ledger.resolve(b, done=3)
+    assert (ledger.done, ledger.failed) == (10, 2)
+    assert ledger.settled() == (8, 1)
+    ledger.resolve(a, failed=1)
+    assert ledger.settled() == (10, 3) == (ledger.done, ledger.failed)
+
+
 def test_resolve_more_than_remaining_is_refused() -> None:
     ledger = Ledger()
     a = ledger.open_unit([0, 1])
@@ -153,6 +167,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.done_units: dict[int, tuple[int, str | None]] = {}  # start -> (end, digest)
         self.old_ranges: dict[int, ResolvedRange] = {}  # from the previous run, not yet met
         self.last_wm = 0
+        self.settled = [0, 0]  # done, failed of closed units (and of the previous run)
+        self.open_counts: dict[int, list[int]] = {}
         if not resume:
             self.ledger = Ledger()
             return
@@ -162,6 +178,7 @@ class LedgerMachine(RuleBasedStateMachine):
             ranges.append(ResolvedRange(start, start + length, f"d{start}"))
             at = start + length
         self.ledger = Ledger.resume(watermark, ranges, done=7, failed=1)
+        self.settled = [7, 1]
         self.resolved_seqs.update(range(watermark))
         for r in ranges:
             self.resolved_seqs.update(range(r.start, r.end))
@@ -214,8 +231,14 @@ class LedgerMachine(RuleBasedStateMachine):
         self.ledger.resolve(unit, done=done, failed=failed)
         assert (self.ledger.done, self.ledger.failed) == (before[0] + done, before[1] + failed)
         self.remaining[start] -= done + failed
+        counts = self.open_counts.setdefault(start, [0, 0])
+        counts[0] += done
+        counts[1] += failed
         if self.remaining[start] == 0:
             del self.open[start], self.remaining[start]
+            self.settled[0] += counts[0]
+            self.settled[1] += counts[1]
+            del self.open_counts[start]
             self.resolved_seqs.update(range(unit.start, unit.end))
             self.done_units[start] = (unit.end, unit.digest)
 
@@ -244,6 +267,10 @@ class LedgerMachine(RuleBasedStateMachine):
             assert lowest is self.open[min(self.open)]
         else:
             assert lowest is None
+
+    @invariant()
+    def settled_counts_leave_out_open_units(self) -> None:
+        assert self.ledger.settled() == tuple(self.settled)
 
     @invariant()
     def resolved_above_lists_exactly_the_units_resolved_above(self) -> None:
