@@ -8,12 +8,16 @@ Each job is a primary-key range; its handler reads the range and writes it with 
 On first use, a demo ``users`` table (20,000 rows, ids with gaps as after deletions) is
 created in ``examples/.demo.sqlite`` (or the file given with ``db=``).
 
-    tm-run examples/sqlite_migration.py 4                # run it; Ctrl-C (or kill -9) halfway
-    tm-run examples/sqlite_migration.py 4 --resume       # continues at the checkpoint
+    tm-run examples/sqlite_migration.py 4 --rate 10/s    # 40 jobs; Ctrl-C or kill -9 halfway
     python examples/sqlite_migration.py                  # counts: users, users_v2, differing
-    sqlite3 examples/.demo.sqlite "SELECT count(*) FROM users_v2"
+    tm-run examples/sqlite_migration.py 4 --resume       # continues at the checkpoint
+    python examples/sqlite_migration.py                  # 20,000 and 20,000, 0 differing
+    sqlite3 examples/.demo.sqlite "SELECT count(*) FROM users_v2"   # if you have sqlite3
 
     tm-run examples/sqlite_migration.py 4 db=/tmp/other.sqlite chunk=100 rows=100000
+
+At full speed the demo takes about a second: ``--rate 10/s`` (10 job starts a second)
+leaves time to interrupt it. Without it, ``tm-run examples/sqlite_migration.py 4``.
 
 KEY=VALUE arguments are part of the checkpoint's name: resume with the same ones.
 ``--threads 1`` (the default) is the right choice: SQLite takes one writer at a time, and
