@@ -12,7 +12,11 @@ The handler fetches each page with asyncio streams (standard library only) and c
 
 The URLs are the jobs, so the port must stay the same for ``--resume`` to find them again:
 it is a fixed ``port=`` (default 8765), not a random one. If that port is taken, pick
-another with ``port=N``. ``python examples/http_fetch_async.py 8765`` runs the server alone.
+another with ``port=N``.
+
+``python examples/http_fetch_async.py 8765`` runs the server alone, until Ctrl-D or Ctrl-C;
+``get_jobs`` uses a demo server it finds on its port rather than start one. That is the way
+to run ``--retry-failed``, which replays the failures file without calling ``get_jobs``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncio
 import atexit
 import contextlib
 import hashlib
+import http.client
 import http.server
 import os
 import subprocess
@@ -77,10 +82,23 @@ async def handle_job(url: str) -> None:
 _server: subprocess.Popen[bytes] | None = None
 
 
+def demo_server_at(port: int) -> bool:
+    """Whether a demo server already answers on ``port`` (one started by hand, say)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        conn.request("GET", "/pages/0")
+        return conn.getresponse().read() == page(0)
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
 def start_server(port: int) -> None:
-    """Start the demo server on ``port`` and wait until it listens; stop it at exit."""
+    """Start the demo server on ``port``, unless one is there, and wait until it listens;
+    it stops when this process exits."""
     global _server
-    if _server is not None:
+    if _server is not None or demo_server_at(port):
         return
     _server = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), str(port)],
@@ -91,8 +109,9 @@ def start_server(port: int) -> None:
         start_new_session=True,
     )
     assert _server.stdout is not None
-    if _server.stdout.readline().strip() != b"listening":
+    if not _server.stdout.readline().startswith(b"listening"):
         _server.wait()
+        _server = None
         raise RuntimeError(
             f"the demo server could not listen on {HOST}:{port} (see above); "
             "is the port taken? Pass another with port=N"
@@ -138,9 +157,12 @@ class Server(http.server.ThreadingHTTPServer):
 
 def serve(port: int) -> None:
     """Serve pages until stdin closes (tm-run exited, or Ctrl-D when run by hand)."""
-    server = Server((HOST, port), PageHandler)
+    try:
+        server = Server((HOST, port), PageHandler)
+    except OSError as exc:
+        sys.exit(f"demo server: cannot listen on {HOST}:{port}: {exc.strerror}")
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    print("listening", flush=True)
+    print(f"listening on http://{HOST}:{port}/pages/<n>", flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # by hand: Ctrl-C stops it too
         sys.stdin.buffer.read()  # returns at end of file
     server.shutdown()

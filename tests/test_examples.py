@@ -200,11 +200,33 @@ def test_http_fetch_async_finishes_its_jobs_in_flight_after_ctrl_c_and_resumes(
 
 
 @pytest.mark.timeout(30)
+def test_http_fetch_async_uses_a_demo_server_started_by_hand(tmp_path: Path, marker: str) -> None:
+    ex = Example("http_fetch_async.py", tmp_path, marker)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(ex.path), str(port)],
+        env=ex.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().startswith("listening on http://127.0.0.1:")
+        result = ex.run("2", "--threads", "10", "count=100", f"port={port}")
+        assert_finished(ex, result, 100)
+        assert "pages served" not in result.stderr  # tm-run started no server of its own
+    finally:
+        _, err = server.communicate("", timeout=20)  # end of stdin: the server stops
+    assert "demo server: 101 pages served" in err  # 100 and get_jobs' look at page 0
+
+
+@pytest.mark.timeout(30)
 def test_http_fetch_async_says_when_its_port_is_taken(tmp_path: Path, marker: str) -> None:
     ex = Example("http_fetch_async.py", tmp_path, marker)
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: no server answers there
         result = ex.run("1", "count=10", f"port={taken.getsockname()[1]}")
     assert result.returncode == 1
     assert "could not listen" in result.stderr and "port=N" in result.stderr
