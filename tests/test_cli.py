@@ -237,6 +237,15 @@ def test_bad_state_file_is_refused_and_kept(cli: Job, variant: str, flag: str | 
     assert [p.name for p in cli.folder.iterdir() if ".tmp." in p.name] == []
 
 
+def test_reset_recovers_from_a_corrupt_state_file(cli: Job) -> None:
+    cli.state.write_bytes(b"\x00garbage")
+    assert_refused(cli.run("1", "--resume", TM_N="10"), "not valid JSON")
+    result = cli.run("1", "--reset", TM_N="10")
+    assert result.returncode == 0, result.stderr
+    assert checkpoint.read(str(cli.state)) is not None
+    assert sorted(cli.counts()) == list(range(10))
+
+
 def test_state_file_of_other_kwargs_or_target(cli: Job) -> None:
     assert cli.run("1", "--state-file", "shared.json", "table=users", TM_N="10").returncode == 0
     shared = cli.folder / "shared.json"
