@@ -255,7 +255,10 @@ class Coordinator:
         """Pull one unit into the window and send it; False when nothing can be pulled."""
         ledger = self.ledger
         while not self.source.exhausted and not self._limit_reached():
-            room = self.opt.size - ledger.held
+            # The window counts from the watermark, not only what is held: one slow job may
+            # be passed by at most --size others, so the jobs finished above the watermark,
+            # and the checkpoint that lists them, stay bounded too.
+            room = self.opt.size - (ledger.next_seq - ledger.watermark)
             if room <= 0:
                 return False
             n = min(self._batch_size(), room)
@@ -302,7 +305,10 @@ class Coordinator:
         if self._per_job <= 0:
             return 1
         slots = max(1, self.transport.free_slots() + len(self.in_flight))
-        cap = min(MAX_BATCH, self.opt.size // slots, BATCH_BYTES // max(1, self._job_bytes))
+        # Half the window in flight leaves the other half for batches finishing out of order.
+        cap = min(
+            MAX_BATCH, self.opt.size // (2 * slots), BATCH_BYTES // max(1, self._job_bytes)
+        )
         return max(1, min(cap, int(BATCH_SECONDS / self._per_job)))
 
     def _new_task(self, unit: Unit, lo: int, hi: int, attempt: int) -> Task:
