@@ -97,6 +97,11 @@ class Job:
     def args(self, *extra: str) -> list[str]:
         return [sys.executable, "-m", "taskmaster", str(self.module), *extra]
 
+    def remote_args(self, command: str, *extra: str) -> list[str]:
+        """The command line of tm-master, tm-slave or tm-spawn (``command``: master, slave,
+        spawn) on this job module."""
+        return [sys.executable, "-m", "taskmaster.cli_remote", command, str(self.module), *extra]
+
     def run(self, *extra: str, timeout: float = 45, **env: str) -> subprocess.CompletedProcess[str]:
         """Run ``python -m taskmaster jobs.py EXTRA...`` to its end."""
         return subprocess.run(

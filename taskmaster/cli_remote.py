@@ -1,0 +1,405 @@
+"""tm-master, tm-slave and tm-spawn: one run over several hosts, through ZeroMQ.
+
+The master is ``taskmaster.run`` with a ZeroMQ transport instead of local workers, so it
+takes tm-run's own options (the same click parameters, not copies) and keeps its rules and
+exit codes. pyzmq is imported only here, lazily, so tm-run works without it.
+
+``python -m taskmaster.cli_remote master|slave|spawn ...`` runs the same commands; tm-spawn
+starts its slaves that way, with the secret in their environment, never on a command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+
+from . import wire
+from .cli import (
+    CONTEXT,
+    DEFAULT_HANDLE_BATCH_SIZE,
+    _count_jobs,
+    _dry_run,
+    _fail,
+    _report_end,
+    _reporter,
+    run_command,
+)
+from .coordinator import RunStats
+from .errors import EXIT_FAILED, EXIT_USAGE, GeneratorError, TaskmasterError, UsageError
+from .local import describe_exit
+from .options import Options, parse_rate
+from .replay import retry_failed
+from .runner import default_state_file, make_local_transport, run
+from .target import load_target, parse_kwargs
+
+INSTALL_HINT = "pip install 'taskmaster-runner[zmq]'"
+MASTER_OPTIONS = (
+    *("size", "state_file", "failures_file", "resume", "reset", "retry_failed", "retries"),
+    *("retry_delay", "checkpoint_every", "drain_timeout", "max_failures", "batch_size"),
+    *("get_jobs_name", "limit", "dry_run", "total", "rate_text", "no_progress", "log_every"),
+    "log_format",
+)
+SLAVE_OPTIONS = ("threads", "job_timeout", "handle_job_name")
+
+
+def _need_zmq() -> None:
+    try:
+        import zmq  # noqa: F401
+    except ImportError:
+        _fail(f"several hosts need pyzmq, which is not installed: {INSTALL_HINT}", EXIT_USAGE)
+
+
+def _from_tm_run(names: tuple[str, ...]) -> list[click.Parameter]:
+    """tm-run's own click parameters, so the commands share options, defaults and help."""
+    by_name = {p.name: p for p in run_command.params}
+    return [by_name[name] for name in names]
+
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _address_option(default_text: str) -> Decorator:
+    return click.option("--address", "-a", metavar="tcp://HOST:PORT", help=default_text)
+
+
+def _secret_option() -> Decorator:
+    return click.option(
+        "--secret-file",
+        type=click.Path(dir_okay=False),
+        help=f"File holding the shared secret [default: ${wire.SECRET_ENV}].",
+    )
+
+
+# -- tm-master ----------------------------------------------------------------------------
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("target")
+@click.argument("args", nargs=-1, metavar="[KEY=VALUE]...")
+@_address_option(
+    f"Where to listen [default: tcp://0.0.0.0:{wire.DEFAULT_PORT} with a secret, "
+    f"tcp://127.0.0.1:{wire.DEFAULT_PORT} without]."
+)
+@_secret_option()
+@click.option(
+    "--heartbeat-timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds of silence after which a slave is lost and its jobs run elsewhere.",
+)
+def master_command(
+    target: str,
+    args: tuple[str, ...],
+    address: str | None,
+    secret_file: str | None,
+    heartbeat_timeout: float,
+    **opts: Any,
+) -> None:
+    """Pull jobs from get_jobs and hand them to tm-slaves on other hosts.
+
+    TARGET is the job module (or module:get_jobs). The run is tm-run's: same window,
+    checkpoint, --resume, retries, failures file and exit codes; only the workers are
+    remote. Slaves connect with: tm-slave TARGET --address tcp://THIS-HOST:3050.
+
+    Every frame is signed with the shared secret (--secret-file or $TASKMASTER_SECRET).
+    Without one the master listens on 127.0.0.1 only. Anyone holding the secret can run
+    any code on every slave.
+    """
+    _need_zmq()
+    from .master import MasterConfig, ZmqMasterTransport
+
+    reporter: Any = None
+    transport: ZmqMasterTransport | None = None
+    stats: RunStats | None = None
+    try:
+        kwargs = parse_kwargs(args)
+        tgt = load_target(target, opts.pop("get_jobs_name"), need_handle_job=False)
+        assert tgt.get_jobs is not None
+        if opts.pop("dry_run"):
+            _dry_run(tgt.get_jobs, kwargs, opts["limit"] or 10)
+            return
+        secret = wire.load_secret(secret_file, os.environ)
+        address = wire.master_address(address, secret)
+        if not 0.1 <= heartbeat_timeout <= 3600:
+            raise UsageError(
+                f"--heartbeat-timeout must be from 0.1 to 3600 seconds, got {heartbeat_timeout!r}"
+            )
+        _master_opts(opts, tgt, kwargs)
+        reporter = _reporter(opts.pop("no_progress"), opts.pop("log_every"), opts.pop("log_format"))
+        _warn_secret(reporter.message, secret, address)
+        config = MasterConfig(address, secret, heartbeat_timeout, tgt.identity)
+        transport = ZmqMasterTransport(config, log=reporter.message)
+        if opts.pop("retry_failed"):
+            stats = retry_failed(None, reporter=reporter, transport=transport, **opts)
+        else:
+            stats = run(
+                tgt.get_jobs,
+                None,
+                kwargs=kwargs,
+                target=tgt.identity,
+                reporter=reporter,
+                transport=transport,
+                **opts,
+            )
+    except TaskmasterError as exc:
+        if transport is not None:
+            transport.farewell(finished=False)
+        if reporter is not None:
+            reporter.close()
+        if isinstance(exc, GeneratorError) and exc.traceback_text:
+            click.echo(exc.traceback_text.rstrip(), err=True)
+        _fail(str(exc), exc.exit_code)
+        return
+    except BaseException:
+        if transport is not None:
+            transport.farewell(finished=False)
+        raise
+    transport.farewell(finished=stats.finished)  # the slaves exit, or wait for a --resume
+    reporter.finished(stats)
+    _report_end(stats)
+    sys.exit(stats.exit_code)
+
+
+master_command.params.extend(_from_tm_run(MASTER_OPTIONS))
+
+
+def _master_opts(opts: dict[str, Any], tgt: Any, kwargs: dict[str, str]) -> None:
+    """The option fix-ups tm-run makes, for a master (which has no handle_job of its own)."""
+    rate_text = opts.pop("rate_text")
+    opts["rate"] = parse_rate(rate_text) if rate_text else None
+    if opts["total"] is None and tgt.count_jobs is not None:
+        opts["total"] = _count_jobs(tgt.count_jobs, kwargs)
+    # The slaves batch for handle_batch if the module has one; size batches the same way.
+    if getattr(tgt.module, "handle_batch", None) is not None and opts["batch_size"] is None:
+        opts["batch_size"] = DEFAULT_HANDLE_BATCH_SIZE
+    if opts["state_file"] is None:
+        opts["state_file"] = default_state_file(tgt.stem, kwargs)
+
+
+def _warn_secret(log: Any, secret: wire.Secret | None, address: str) -> None:
+    if secret is None:
+        log(
+            f"no secret given: listening on {address} only, and any user of this host can "
+            f"connect. For several hosts, make a secret and pass it to the master and to "
+            f"every slave (--secret-file, or ${wire.SECRET_ENV}):\n    {wire.MAKE_SECRET}"
+        )
+    elif secret.warning:
+        log(f"warning: {secret.warning}")
+
+
+# -- tm-slave -----------------------------------------------------------------------------
+
+
+def _slave_options(fn: Any) -> Any:
+    """Options tm-slave and tm-spawn share (tm-run's --threads, --job-timeout too)."""
+    options = [
+        _address_option(f"The master [default: tcp://127.0.0.1:{wire.DEFAULT_PORT}]."),
+        _secret_option(),
+        click.option(
+            "--timeout",
+            type=float,
+            default=15.0,
+            show_default=True,
+            help="Seconds one attempt to reach the master may take.",
+        ),
+        click.option(
+            "--retries",
+            type=int,
+            default=8,
+            show_default=True,
+            help="Further attempts to reach the master (after a pause that doubles) "
+            "before giving up.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _check_patience(timeout: float, retries: int) -> None:
+    if not 0 < timeout <= 86_400:
+        raise UsageError(f"--timeout must be more than 0 seconds, got {timeout!r}")
+    if not 0 <= retries <= 10_000:
+        raise UsageError(f"--retries must be a whole number from 0 to 10000, got {retries!r}")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("target")
+@_slave_options
+@click.option(
+    "--workers",
+    "-w",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Worker processes this slave runs jobs on.",
+)
+def slave_command(
+    target: str,
+    address: str | None,
+    secret_file: str | None,
+    timeout: float,
+    retries: int,
+    workers: int,
+    threads: int,
+    job_timeout: float | None,
+    handle_job_name: str,
+) -> None:
+    """Run the jobs of a tm-master on this host, until the master's run is finished.
+
+    TARGET is the job module (or module:handle_job). Start it before or after the master;
+    it waits for one (--timeout x (--retries + 1), with backoff) and rejoins a master
+    restarted with --resume. Ctrl-C: finish the jobs in hand, return them, leave.
+
+    Exit codes: 0 the master finished the run; 1 the master went away and did not come
+    back; 2 bad usage, no master answered, wrong secret or another protocol version;
+    130 stopped by Ctrl-C or SIGTERM.
+    """
+    _need_zmq()
+    from .slave import Slave, SlaveConfig
+
+    pid = os.getpid()
+
+    def log(text: str) -> None:
+        click.echo(f"taskmaster: slave {pid}: {text}", err=True)
+
+    try:
+        tgt = load_target(target, handle_job=handle_job_name, need_get_jobs=False)
+        secret = wire.load_secret(secret_file, os.environ)
+        address = wire.slave_address(address, secret)
+        _check_patience(timeout, retries)
+        opt = Options(workers=workers, threads=threads, job_timeout=job_timeout)
+        local = make_local_transport(
+            opt, tgt.handle_job, tgt.setup_worker, tgt.teardown_worker, tgt.handle_batch
+        )
+        if secret is not None and secret.warning:
+            log(f"warning: {secret.warning}")
+        slave = Slave(SlaveConfig(address, secret, timeout, retries), local, log)
+    except TaskmasterError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    sys.exit(slave.run())
+
+
+slave_command.params.extend(_from_tm_run(SLAVE_OPTIONS))
+
+
+# -- tm-spawn -----------------------------------------------------------------------------
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("target")
+@click.argument("count", type=int)
+@_slave_options
+def spawn_command(
+    target: str,
+    count: int,
+    address: str | None,
+    secret_file: str | None,
+    timeout: float,
+    retries: int,
+    threads: int,
+    job_timeout: float | None,
+    handle_job_name: str,
+) -> None:
+    """Start COUNT tm-slave processes on this host and wait for them.
+
+    Ctrl-C or SIGTERM is passed on to every slave once (a second one stops them at once).
+    The slaves die with tm-spawn. Exit code: 0 when every slave exited 0, else the first
+    other code (1 for a slave killed by a signal).
+    """
+    _need_zmq()
+    try:
+        if not 1 <= count <= 1024:
+            raise UsageError(f"COUNT must be a whole number from 1 to 1024, got {count}")
+        load_target(target, handle_job=handle_job_name, need_get_jobs=False)  # fail once, here
+        secret = wire.load_secret(secret_file, os.environ)
+        address = wire.slave_address(address, secret)
+        _check_patience(timeout, retries)
+        Options(threads=threads, job_timeout=job_timeout)
+    except TaskmasterError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    argv = [sys.executable, "-m", "taskmaster.cli_remote", "slave", target, "--address", address]
+    argv += ["--timeout", repr(timeout), "--retries", str(retries), "--threads", str(threads)]
+    argv += ["--handle-job", handle_job_name]
+    if job_timeout is not None:
+        argv += ["--job-timeout", repr(job_timeout)]
+    env = dict(os.environ)
+    if secret is not None:
+        env[wire.SECRET_ENV] = secret.text  # by environment: a command line is public
+    sys.exit(_supervise(argv, env, count))
+
+
+spawn_command.params.extend(_from_tm_run(SLAVE_OPTIONS))
+
+
+def _supervise(argv: list[str], env: dict[str, str], count: int) -> int:
+    with _forwarding() as procs:
+        for _ in range(count):
+            procs.append(
+                subprocess.Popen(argv, env=env, process_group=0, preexec_fn=_die_with_parent)
+            )
+        codes = [proc.wait() for proc in procs]
+    worst = 0
+    for number, (proc, code) in enumerate(zip(procs, codes, strict=True), start=1):
+        if code != 0:
+            why = describe_exit(code) if code < 0 else f"exited with code {code}"
+            click.echo(f"taskmaster: spawn: slave {number} (pid {proc.pid}) {why}", err=True)
+            worst = worst or (code if code > 0 else EXIT_FAILED)
+    return worst
+
+
+@contextlib.contextmanager
+def _forwarding() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Pass SIGINT/SIGTERM on to each slave once. The slaves have their own process group,
+    so a terminal's Ctrl-C reaches them through tm-spawn only, not twice."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield procs
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: a slave gets SIGTERM (finish, return, leave) when tm-spawn dies.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
+# -- python -m taskmaster.cli_remote ------------------------------------------------------
+
+
+@click.group(context_settings=CONTEXT)
+def remote_main() -> None:
+    """tm-master, tm-slave and tm-spawn as subcommands."""
+
+
+remote_main.add_command(master_command, "master")
+remote_main.add_command(slave_command, "slave")
+remote_main.add_command(spawn_command, "spawn")
+
+if __name__ == "__main__":  # pragma: no cover - exercised through subprocesses
+    remote_main(prog_name="python -m taskmaster.cli_remote")

@@ -1,0 +1,147 @@
+"""What the master and the slaves say to each other, beyond the framing of :mod:`wire`.
+
+Message kinds (the JSON ``body`` of each; every slave frame but ``hello`` and ``bye`` also
+carries ``status``):
+
+slave -> master
+    ``hello`` {nonce, pid, host, max_frame, slots}: asks for a session; no run id yet.
+    ``status`` {}: a heartbeat, and the slave's credit.
+    ``done`` {task, elapsed, failures: [[index, error, traceback], ...]}.
+    ``unreadable`` {task, error, traceback}: its worker could not decode the batch.
+    ``timed_out`` {task, index, seconds}: a job ran past --job-timeout.
+    ``worker_lost`` {tasks, queued, worker, pid, reason}: a local worker died.
+    ``leave`` {}: Ctrl-C; no more batches please. ``bye`` {}: gone.
+
+master -> slave
+    ``welcome`` {nonce, heartbeat, timeout, target}: echoes the slave's nonce; its run id
+    is the session. ``task`` {task, first, count, codec} + the jobs as payload.
+    ``heartbeat`` {}. ``leave_ok`` {}. ``rejoin`` {}: an unknown run; say hello again.
+    ``stop`` {finished, kill}. ``refused`` {reason}: e.g. a protocol mismatch.
+
+``status`` = {ack: the last master seq seen, free: free batch slots, held: master task ids
+still held}. The master derives the credit from it and notices batches lost on the way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import zmq
+
+from .messages import JobFailed
+
+MAX_TEXT = 1 << 20
+MAX_LIST = 1 << 20
+FAILURE_BUDGET = 8 * 1024 * 1024  # bytes of failure text in one result frame
+
+
+class MalformedBody(Exception):
+    """A signed frame whose body lacks a field or has a wrong type."""
+
+
+class Body:
+    """Typed reads from a JSON body; anything unexpected raises MalformedBody."""
+
+    __slots__ = ("_doc",)
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self._doc = doc
+
+    def _get(self, key: str, default: Any) -> Any:
+        value = self._doc.get(key, default)
+        if value is None:
+            raise MalformedBody(f"no {key!r}")
+        return value
+
+    def integer(self, key: str, default: int | None = None) -> int:
+        value = self._get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise MalformedBody(f"{key!r} is not a whole number")
+        return value
+
+    def number(self, key: str) -> float:
+        value = self._get(key, None)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise MalformedBody(f"{key!r} is not a number")
+        return float(value)
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str) or len(value) > MAX_TEXT:
+            raise MalformedBody(f"{key!r} is not text")
+        return value
+
+    def integers(self, key: str) -> list[int]:
+        value = self._get(key, [])
+        if (
+            not isinstance(value, list)
+            or len(value) > MAX_LIST
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            raise MalformedBody(f"{key!r} is not a list of whole numbers")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self._get(key, False)
+        if not isinstance(value, bool):
+            raise MalformedBody(f"{key!r} is not true or false")
+        return value
+
+    def child(self, key: str) -> Body:
+        value = self._get(key, None)
+        if not isinstance(value, dict):
+            raise MalformedBody(f"{key!r} is not an object")
+        return Body(value)
+
+    def failures(self, key: str) -> list[JobFailed]:
+        value = self._get(key, [])
+        if not isinstance(value, list) or len(value) > MAX_LIST:
+            raise MalformedBody(f"{key!r} is not a list")
+        out = []
+        for item in value:
+            if not (
+                isinstance(item, list)
+                and len(item) == 3
+                and isinstance(item[0], int)
+                and isinstance(item[1], str)
+                and isinstance(item[2], str)
+            ):
+                raise MalformedBody(f"{key!r} holds something else than [index, error, traceback]")
+            out.append(JobFailed(item[0], item[1], item[2]))
+        return out
+
+
+def status_body(ack: int, free: int, held: list[int]) -> dict[str, Any]:
+    return {"ack": ack, "free": free, "held": held}
+
+
+def status_of(body: Body) -> tuple[int, int, set[int]]:
+    """(ack, free, held) from a slave frame's ``status``."""
+    status = body.child("status")
+    return status.integer("ack"), status.integer("free"), set(status.integers("held"))
+
+
+def fit_failures(failures: tuple[JobFailed, ...], budget: int = FAILURE_BUDGET) -> list[list[Any]]:
+    """Failures as JSON lists, tracebacks shortened if all of them would not fit ``budget``.
+
+    The master caps the size of what it receives; a batch of thousands of failing jobs with
+    long tracebacks must still get through, so the tail of each traceback is kept.
+    """
+    total = sum(len(f.error) + len(f.traceback) for f in failures)
+    if total <= budget:
+        return [[f.index, f.error, f.traceback] for f in failures]
+    each = max(200, budget // max(1, len(failures)) - 200)
+    out: list[list[Any]] = []
+    for f in failures:
+        tb = f.traceback if len(f.traceback) <= each else "...\n" + f.traceback[-each:]
+        out.append([f.index, f.error[:each], tb])
+    return out
+
+
+def readable(sock: zmq.Socket[bytes]) -> bool:
+    """Whether a frame waits on ``sock``.
+
+    Reading EVENTS also re-arms the socket's edge-triggered file descriptor, so it must be
+    the last call on the socket before blocking on that descriptor.
+    """
+    return bool(cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN)

@@ -1,0 +1,431 @@
+"""tm-slave: runs a master's batches on local worker processes.
+
+::
+
+    tm-master ==DEALER==> Slave (this process, a bridge) --pipes--> forked workers x threads
+
+The slave checks every frame's signature, forwards batches into a
+:class:`~taskmaster.local.LocalTransport` (the same forked workers as tm-run, so a job that
+segfaults kills a worker, not the connection) and sends the results back as JSON. It
+unpickles nothing itself: its workers decode the jobs, after the signature was checked.
+
+Sessions: the slave says hello with a fresh nonce; the master's welcome echoes the nonce
+and names its run id, and from then on only frames of that run count. When the master goes
+silent, the slave looks for it again (``--timeout`` per attempt, ``--retries`` more
+attempts, with backoff) and rejoins a master restarted with ``--resume``. Results of an
+earlier run's batches are dropped: that master is gone, and the new one runs them again.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from . import codec, wire
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .local import LocalTransport
+from .messages import (
+    BatchDone,
+    BatchUnreadable,
+    Event,
+    JobTimedOut,
+    Output,
+    TaskSent,
+    WorkerLost,
+)
+from .remote import Body, MalformedBody, fit_failures, readable, status_body
+
+HELLO_EVERY = 0.5
+MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SlaveConfig:
+    address: str
+    secret: wire.Secret | None
+    timeout: float = 15.0  # seconds one attempt to reach the master lasts
+    retries: int = 8  # attempts after the first, each after a longer pause
+
+
+class SlaveExit(Exception):
+    """Ends the slave with an exit code and a last word."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Slave:
+    def __init__(
+        self,
+        config: SlaveConfig,
+        local: LocalTransport,
+        log: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = config
+        self.local = local
+        self.log = log
+        self.clock = clock
+        self.sender = secrets.token_hex(16)
+        key = wire.frame_key(config.secret)
+        self._sealer = wire.Sealer(key, self.sender)
+        self._opener = wire.Opener(key, wire.SLAVE_MAX_FRAME)
+        self._replay = wire.ReplayGuard()
+        self._limited = wire.RateLimitedLog(log)
+        self.run_id: str | None = None  # the master's run this slave works for
+        self.ack = 0  # last seq seen from that master
+        self.heard = 0.0
+        self.beat, self.silence = 1.0, 5.0  # the master's heartbeat period and timeout
+        self.seeking = True
+        self.nonce = ""
+        self.attempt = 0
+        self.attempt_ends = 0.0
+        self.next_hello = 0.0
+        self.welcomed = False
+        self.tasks: dict[int, tuple[str, int]] = {}  # local task id -> (run, master task id)
+        self._next_local = 0
+        self.outbox: collections.deque[list[bytes]] = collections.deque()
+        self.last_sent = 0.0
+        self.leaving = False
+        self.leave_acked = False
+        self.interrupts = 0
+        self._sock: zmq.Socket[bytes] | None = None
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until the master says the run is finished; returns the exit code."""
+        self.local.start()  # fork the workers before the ZeroMQ context starts its threads
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        sock = self._sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self.sender.encode())
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a master not (yet) connected
+        sock.setsockopt(zmq.MAXMSGSIZE, wire.SLAVE_MAX_FRAME)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)  # reconnect attempts back off to 2 s
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+        try:
+            sock.connect(self.cfg.address)
+            with _signals() as (sig_fd, count):
+                self._seek(f"connecting to {self.cfg.address}")
+                return self._loop(sig_fd, count)
+        except SlaveExit as exc:
+            self.log(str(exc))
+            return exc.code
+        finally:
+            # Batches still held belong to a master that is gone or gave up on them.
+            self.local.close(kill=bool(self.tasks) or self.interrupts > 1)
+            sock.close(linger=1000)
+            ctx.term()
+
+    def _loop(self, sig_fd: int, interrupts: Callable[[], int]) -> int:
+        sock = self._sock
+        assert sock is not None
+        zmq_fd = int(sock.get(zmq.FD))
+        while True:
+            now = self.clock()
+            self._timers(now)
+            self._flush()
+            code = self._leave_done()
+            if code is not None:
+                return code
+            timeout = 0.0 if readable(sock) else self._sleep(now)
+            for event in self.local.wait(timeout, [zmq_fd, sig_fd]):
+                self._on_local(event)
+            if interrupts() != self.interrupts:
+                self._on_interrupt(interrupts())
+            self._drain()
+
+    def _sleep(self, now: float) -> float:
+        if self.outbox:
+            return 0.05  # retry a send the master could not take yet
+        if self.seeking:
+            return max(0.0, min(self.next_hello, self.attempt_ends) - now)
+        return max(0.0, min(self.last_sent + self.beat, self.heard + self.silence) - now)
+
+    def _timers(self, now: float) -> None:
+        if self.seeking:
+            if now >= self.attempt_ends:
+                self._next_attempt(now)
+            if now >= self.next_hello:
+                self.next_hello = now + HELLO_EVERY
+                body = {"nonce": self.nonce, "pid": os.getpid(), "host": socket.gethostname()}
+                body["max_frame"] = wire.SLAVE_MAX_FRAME
+                body["slots"] = self.local.free_slots()
+                self._send_now(self._sealer.seal("hello", None, body))
+        elif now - self.heard > self.silence:
+            self._seek(f"the master went silent for {self.silence:g} s; looking for it again")
+        elif now - self.last_sent >= self.beat and not self.outbox:
+            self._queue("status")
+
+    def _seek(self, why: str) -> None:
+        self.log(why)
+        now = self.clock()
+        self.seeking = True
+        self.nonce = secrets.token_hex(8)
+        self.attempt = 0
+        self.attempt_ends = now + self.cfg.timeout
+        self.next_hello = now
+
+    def _next_attempt(self, now: float) -> None:
+        self.attempt += 1
+        attempts = self.cfg.retries + 1
+        waited = f"no answer from a master at {self.cfg.address} for {self.cfg.timeout:g} s"
+        if self.attempt >= attempts:
+            if not self.welcomed:
+                raise SlaveExit(
+                    EXIT_USAGE,
+                    f"{waited}, {attempts} times: is tm-master running there, reachable from "
+                    "this host, and given the same secret? (--address, --secret-file)",
+                )
+            raise SlaveExit(EXIT_FAILED, f"{waited}, {attempts} times: giving up")
+        pause = min(MAX_BACKOFF, 2.0 ** (self.attempt - 1))
+        self.log(f"{waited} (attempt {self.attempt} of {attempts}); trying again in {pause:g} s")
+        self.next_hello = now + pause
+        self.attempt_ends = now + pause + self.cfg.timeout
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _status(self) -> dict[str, Any]:
+        held = [m for run, m in self.tasks.values() if run == self.run_id]
+        return status_body(self.ack, max(0, self.local.free_slots()), held)
+
+    def _queue(self, kind: str, body: dict[str, Any] | None = None) -> None:
+        """Send in order, behind earlier results, with the status as of now."""
+        full = dict(body or {})
+        if kind != "bye":
+            full["status"] = self._status()
+        self.outbox.append(self._sealer.seal(kind, self.run_id, full))
+        self.last_sent = self.clock()
+
+    def _flush(self) -> None:
+        while self.outbox:
+            if not self._send_now(self.outbox[0]):
+                return
+            self.outbox.popleft()
+
+    def _send_now(self, frame: list[bytes]) -> bool:
+        assert self._sock is not None
+        try:
+            self._sock.send_multipart(frame, zmq.NOBLOCK)
+            return True
+        except zmq.Again:  # not connected: IMMEDIATE refuses rather than queues
+            return False
+
+    # -- from the local workers -----------------------------------------------------------
+
+    def _on_local(self, event: Event) -> None:
+        if isinstance(event, Output):
+            self.log(event.text)
+            return
+        if isinstance(event, WorkerLost):
+            self._on_worker_lost(event)
+            return
+        entry = self.tasks.get(event.task_id)
+        if not isinstance(event, JobTimedOut):
+            self.tasks.pop(event.task_id, None)
+        if entry is None or entry[0] != self.run_id:
+            return  # a batch of an earlier master: nobody waits for its result
+        task = entry[1]
+        body: dict[str, Any]
+        if isinstance(event, BatchDone):
+            body = {"task": task, "elapsed": event.elapsed}
+            self._queue("done", {**body, "failures": fit_failures(event.failures)})
+        elif isinstance(event, BatchUnreadable):
+            body = {"task": task, "error": event.error[:10_000]}
+            self._queue("unreadable", {**body, "traceback": event.traceback[-20_000:]})
+        elif isinstance(event, JobTimedOut):
+            body = {"task": task, "index": event.index}
+            self._queue("timed_out", {**body, "seconds": event.seconds})
+
+    def _on_worker_lost(self, event: WorkerLost) -> None:
+        self.log(f"worker {event.worker_id} (pid {event.pid}) {event.reason}; replaced")
+        unstarted = set(event.queued)
+        mine: list[int] = []
+        queued: list[int] = []
+        for local_id in event.task_ids:
+            entry = self.tasks.pop(local_id, None)
+            if entry is not None and entry[0] == self.run_id:
+                mine.append(entry[1])
+                if local_id in unstarted:
+                    queued.append(entry[1])
+        if self.run_id is not None:
+            body = {"tasks": mine, "queued": queued, "worker": event.worker_id}
+            self._queue("worker_lost", {**body, "pid": event.pid, "reason": event.reason})
+
+    # -- from the master ------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        for _ in range(1000):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_frame(parts)
+
+    def _on_frame(self, parts: list[bytes]) -> None:
+        if parts == [wire.NOTICE, wire.BAD_SIGNATURE]:
+            if self.seeking:
+                raise SlaveExit(EXIT_USAGE, self._bad_signature())
+            return
+        try:
+            msg = self._opener.open(parts)
+        except wire.Dropped as exc:
+            self._limited("drop", f"dropped a frame from {self.cfg.address}: {exc}")
+            return
+        except wire.VersionMismatch as exc:
+            raise SlaveExit(
+                EXIT_USAGE,
+                f"the master at {self.cfg.address} speaks taskmaster protocol {exc.version}, "
+                f"this slave speaks {wire.PROTOCOL}: install the same taskmaster version on "
+                "every host",
+            ) from None
+        if not self._replay.fresh(msg.sender, msg.seq):
+            self._limited("replay", "dropped a replayed frame")
+            return
+        try:
+            self._on_message(msg)
+        except MalformedBody as exc:
+            self._limited("body", f"dropped a {msg.kind!r} frame from the master: {exc}")
+
+    def _bad_signature(self) -> str:
+        mine = self.cfg.secret.origin if self.cfg.secret else "no secret"
+        return (
+            f"the master at {self.cfg.address} rejected this slave's signature: its secret "
+            f"differs from this slave's ({mine}). Give both the same --secret-file or "
+            f"${wire.SECRET_ENV}"
+        )
+
+    def _on_message(self, msg: wire.Message) -> None:
+        body = Body(msg.body)
+        if msg.kind == "refused":
+            raise SlaveExit(EXIT_USAGE, f"the master refused this slave: {body.text('reason')}")
+        if msg.kind == "welcome":
+            if self.seeking and body.text("nonce") == self.nonce:
+                self._on_welcome(msg, body)
+            return
+        if msg.kind == "rejoin":
+            if not self.seeking:
+                self._seek("the master does not know this slave (it restarted?); joining again")
+            return
+        if msg.run != self.run_id or self.run_id is None:
+            return  # from another run of the master: stale
+        self.heard = self.clock()
+        self.ack = msg.seq
+        if msg.kind == "task":
+            self._on_task(msg, body)
+        elif msg.kind == "leave_ok":
+            self.leave_acked = True
+        elif msg.kind == "stop":
+            self._on_stop(body)
+
+    def _on_welcome(self, msg: wire.Message, body: Body) -> None:
+        if msg.run != self.run_id:
+            if self.run_id is not None:
+                self.outbox.clear()  # results for the earlier master: nobody wants them
+            verb = "joined" if not self.welcomed else "joined a new"
+            self.log(f"{verb} master at {self.cfg.address} (run {msg.run})")
+        else:
+            self.log(f"back in touch with the master at {self.cfg.address}")
+        self.run_id, self.ack = msg.run, msg.seq
+        self.welcomed, self.seeking = True, False
+        self.beat = max(0.05, body.number("heartbeat"))
+        self.silence = max(self.beat, body.number("timeout"))
+        self.heard = self.clock()
+        self._queue("leave" if self.leaving else "status")
+
+    def _on_task(self, msg: wire.Message, body: Body) -> None:
+        name = body.text("codec")
+        if name not in (codec.PICKLE, codec.DILL):
+            raise MalformedBody(f"unknown codec {name!r}")
+        assert self.run_id is not None
+        self._next_local += 1
+        self.tasks[self._next_local] = (self.run_id, body.integer("task"))
+        task = TaskSent(
+            self._next_local, body.integer("first"), body.integer("count"), name, msg.payload
+        )
+        self.local.send(task)
+
+    def _on_stop(self, body: Body) -> None:
+        if body.flag("finished"):
+            self._queue("bye")
+            self._flush()
+            raise SlaveExit(EXIT_OK, "the master finished the run; leaving")
+        if body.flag("kill"):
+            for local_id, (run, _) in list(self.tasks.items()):
+                if run == self.run_id:
+                    self.local.kill_worker_holding(local_id)
+        self._seek("the master stopped before the run finished; waiting for it to come back")
+
+    # -- Ctrl-C ---------------------------------------------------------------------------
+
+    def _on_interrupt(self, count: int) -> None:
+        self.interrupts = count
+        if count >= 2:
+            self._queue("bye")
+            self._flush()
+            raise SlaveExit(EXIT_INTERRUPTED, "stopped at once; the master runs its jobs again")
+        self.leaving = True
+        if self.seeking:
+            raise SlaveExit(EXIT_INTERRUPTED, "stopped (no master to finish jobs for)")
+        held = sum(1 for run, _ in self.tasks.values() if run == self.run_id)
+        self.log(
+            f"stopping: finishing the {held} batches in hand, then leaving "
+            "(press Ctrl-C again to stop at once)"
+        )
+        self._queue("leave")
+
+    def _leave_done(self) -> int | None:
+        if not self.leaving:
+            return None
+        if self.seeking:
+            raise SlaveExit(EXIT_INTERRUPTED, "stopped: the master is gone")
+        mine = any(run == self.run_id for run, _ in self.tasks.values())
+        if self.leave_acked and not mine and not self.outbox:
+            self._queue("bye")
+            self._flush()
+            self.log("left the master after finishing its jobs")
+            return EXIT_INTERRUPTED
+        return None
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[tuple[int, Callable[[], int]]]:
+    """SIGINT/SIGTERM only count (and wake the loop through a pipe); the loop acts."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    count = [0]
+
+    def handler(signum: int, frame: Any) -> None:
+        count[0] += 1
+
+    def read() -> int:
+        with contextlib.suppress(BlockingIOError):
+            os.read(r, 512)
+        return count[0]
+
+    old_wakeup = signal.set_wakeup_fd(w)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield r, read
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(r)
+        os.close(w)
