@@ -50,10 +50,13 @@ def _report_end(stats: RunStats) -> None:
     err = stats.generator_error
     if err is not None:
         click.echo(err.traceback_text.rstrip(), err=True)
+        done = (
+            "The jobs pulled before it were finished and checkpointed"
+            if stats.done_this_run or stats.failed_this_run
+            else "No job had been pulled"
+        )
         click.echo(
-            f"taskmaster: {err}. The jobs pulled before it were finished and checkpointed; "
-            "fix get_jobs and run again with --resume.",
-            err=True,
+            f"taskmaster: {err}. {done}; fix get_jobs and run again with --resume.", err=True
         )
     elif stats.exit_code == EXIT_INTERRUPTED:
         where = f" (checkpoint: {stats.state_file})" if stats.state_file else ""

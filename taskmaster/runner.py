@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
+import inspect
 import json
 import os
 import signal
@@ -80,6 +82,8 @@ def _prepare_state(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
     existing = checkpoint.read(path)
+    if existing is not None and _no_progress(existing) and _same_run(existing, target, kwargs):
+        existing = None  # e.g. get_jobs failed at once: nothing to resume, nothing to protect
     if existing is None:
         if options.resume:
             reporter.message(f"no checkpoint at {path}: starting from the beginning")
@@ -97,6 +101,14 @@ def _prepare_state(
             "keep separate checkpoints, or --reset to start this one over."
         )
     return existing
+
+
+def _no_progress(state: State) -> bool:
+    return not (state.watermark or state.done or state.failed or state.anchor or state.finished)
+
+
+def _same_run(state: State, target: str, kwargs: dict[str, str]) -> bool:
+    return state.target == target and state.kwargs == kwargs
 
 
 def _kw(kwargs: dict[str, str]) -> str:
@@ -144,15 +156,25 @@ def _signals(coord: Coordinator, reporter: Reporter) -> Iterator[None]:
         os.close(w)
 
 
+def _takes_arguments(fn: Callable[..., Any]) -> bool:
+    try:
+        return bool(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return False
+
+
 def make_local_transport(
     opt: Options,
     handle_job: Callable[[Any], Any] | None,
     setup_worker: Callable[[], Any] | None,
     teardown_worker: Callable[[], Any] | None,
     handle_batch: Callable[[list[Any]], Any] | None = None,
+    kwargs: dict[str, str] | None = None,
 ) -> LocalTransport:
     if handle_job is None and handle_batch is None:
         raise UsageError("a local run needs a handle_job (or handle_batch) function")
+    if setup_worker is not None and kwargs and _takes_arguments(setup_worker):
+        setup_worker = functools.partial(setup_worker, **kwargs)
     spec = WorkerSpec(
         handle_job, opt.threads, opt.job_timeout, setup_worker, teardown_worker, handle_batch
     )
@@ -258,7 +280,7 @@ def run(
             else Ledger()
         )
         transport = transport or make_local_transport(
-            opt, handle_job, setup_worker, teardown_worker, handle_batch
+            opt, handle_job, setup_worker, teardown_worker, handle_batch, kwargs
         )
         stats = execute(
             opt,

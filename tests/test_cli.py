@@ -274,17 +274,25 @@ def test_existing_checkpoint_needs_resume_or_reset(cli: Job) -> None:
     assert len(cli.counts()) == 20
 
 
-def test_checkpoint_left_by_a_run_that_never_pulled(make_job: Callable[[str], Job]) -> None:
+def test_a_run_that_never_pulled_does_not_block_the_next(make_job: Callable[[str], Job]) -> None:
     job = make_job(
         LEDGER_MODULE + "\ndef get_jobs(last=0):\n    raise ConnectionError('database is down')\n"
     )
     result = job.run("1")
     assert result.returncode == 1, result.stderr
     assert "ConnectionError: database is down" in result.stderr
-    message = assert_refused(job.run("1"), "a checkpoint exists at", "watermark 0")
-    assert "1970" not in message, "the first checkpoint must carry its time"
+    # The checkpoint it left records no progress: the same command runs again, no flag needed.
+    again = job.run("1")
+    assert again.returncode == 1 and "database is down" in again.stderr, again.stderr
+    assert "a checkpoint exists" not in again.stderr
     result = job.run("1", "--resume", TM_N="10")
     assert result.returncode == 1 and "database is down" in result.stderr
+
+
+def test_refusal_names_when_the_checkpoint_was_written(cli: Job) -> None:
+    assert cli.run("1", "--limit", "10", TM_N="100").returncode == 0
+    message = assert_refused(cli.run("1", TM_N="100"), "a checkpoint exists at", "watermark 10")
+    assert "1970" not in message, "the checkpoint must carry its time"
 
 
 def test_resume_without_a_checkpoint_starts_from_the_beginning(cli: Job) -> None:
