@@ -234,6 +234,7 @@ def _check_patience(timeout: float, retries: int) -> None:
 
 @click.command(context_settings=CONTEXT)
 @click.argument("target")
+@click.argument("args", nargs=-1, metavar="[KEY=VALUE]...")
 @_slave_options
 @click.option(
     "--workers",
@@ -245,6 +246,7 @@ def _check_patience(timeout: float, retries: int) -> None:
 )
 def slave_command(
     target: str,
+    args: tuple[str, ...],
     address: str | None,
     secret_file: str | None,
     timeout: float,
@@ -256,7 +258,8 @@ def slave_command(
 ) -> None:
     """Run the jobs of a tm-master on this host, until the master's run is finished.
 
-    TARGET is the job module (or module:handle_job). Start it before or after the master;
+    TARGET is the job module (or module:handle_job); KEY=VALUE arguments go to
+    setup_worker(**kwargs), as with tm-run. Start it before or after the master;
     it waits for one (--timeout x (--retries + 1), with backoff) and rejoins a master
     restarted with --resume. Ctrl-C: finish the jobs in hand, return them, leave.
 
@@ -273,13 +276,14 @@ def slave_command(
         click.echo(f"taskmaster: slave {pid}: {text}", err=True)
 
     try:
+        kwargs = parse_kwargs(args)
         tgt = load_target(target, handle_job=handle_job_name, need_get_jobs=False)
         secret = wire.load_secret(secret_file, os.environ)
         address = wire.slave_address(address, secret)
         _check_patience(timeout, retries)
         opt = Options(workers=workers, threads=threads, job_timeout=job_timeout)
         local = make_local_transport(
-            opt, tgt.handle_job, tgt.setup_worker, tgt.teardown_worker, tgt.handle_batch
+            opt, tgt.handle_job, tgt.setup_worker, tgt.teardown_worker, tgt.handle_batch, kwargs
         )
         if secret is not None and secret.warning:
             log(f"warning: {secret.warning}")
@@ -299,10 +303,12 @@ slave_command.params.extend(_from_tm_run(SLAVE_OPTIONS))
 @click.command(context_settings=CONTEXT)
 @click.argument("target")
 @click.argument("count", type=int)
+@click.argument("args", nargs=-1, metavar="[KEY=VALUE]...")
 @_slave_options
 def spawn_command(
     target: str,
     count: int,
+    args: tuple[str, ...],
     address: str | None,
     secret_file: str | None,
     timeout: float,
@@ -321,6 +327,7 @@ def spawn_command(
     try:
         if not 1 <= count <= 1024:
             raise UsageError(f"COUNT must be a whole number from 1 to 1024, got {count}")
+        parse_kwargs(args)
         load_target(target, handle_job=handle_job_name, need_get_jobs=False)  # fail once, here
         secret = wire.load_secret(secret_file, os.environ)
         address = wire.slave_address(address, secret)
@@ -331,7 +338,7 @@ def spawn_command(
         return
     argv = [sys.executable, "-m", "taskmaster.cli_remote", "slave", target, "--address", address]
     argv += ["--timeout", repr(timeout), "--retries", str(retries), "--threads", str(threads)]
-    argv += ["--handle-job", handle_job_name]
+    argv += ["--handle-job", handle_job_name, *args]
     if job_timeout is not None:
         argv += ["--job-timeout", repr(job_timeout)]
     env = dict(os.environ)

@@ -4,7 +4,7 @@ Message kinds (the JSON ``body`` of each; every slave frame but ``hello`` and ``
 carries ``status``):
 
 slave -> master
-    ``hello`` {nonce, pid, host, max_frame, slots}: asks for a session; no run id yet.
+    ``hello`` {nonce, pid, host, max_frame}: asks for a session; no run id yet.
     ``status`` {}: a heartbeat, and the slave's credit.
     ``done`` {task, elapsed, failures: [[index, error, traceback], ...]}.
     ``unreadable`` {task, error, traceback}: its worker could not decode the batch.

@@ -46,6 +46,7 @@ from .messages import (
 from .remote import Body, MalformedBody, fit_failures, readable, status_body
 
 HELLO_EVERY = 0.5
+HELLO_UNSENT = 0.05
 MAX_BACKOFF = 30.0
 
 
@@ -113,7 +114,7 @@ class Slave:
         sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a master not (yet) connected
         sock.setsockopt(zmq.MAXMSGSIZE, wire.SLAVE_MAX_FRAME)
         sock.setsockopt(zmq.LINGER, 1000)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)  # reconnect attempts back off to 2 s
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)  # reconnect attempts back off to 1 s
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
         try:
@@ -160,11 +161,11 @@ class Slave:
             if now >= self.attempt_ends:
                 self._next_attempt(now)
             if now >= self.next_hello:
-                self.next_hello = now + HELLO_EVERY
                 body = {"nonce": self.nonce, "pid": os.getpid(), "host": socket.gethostname()}
                 body["max_frame"] = wire.SLAVE_MAX_FRAME
-                body["slots"] = self.local.free_slots()
-                self._send_now(self._sealer.seal("hello", None, body))
+                sent = self._send_now(self._sealer.seal("hello", None, body))
+                # Unsent, it cost nothing (no connection yet): try again soon after one opens.
+                self.next_hello = now + (HELLO_EVERY if sent else HELLO_UNSENT)
         elif now - self.heard > self.silence:
             self._seek(f"the master went silent for {self.silence:g} s; looking for it again")
         elif now - self.last_sent >= self.beat and not self.outbox:

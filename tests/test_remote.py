@@ -165,6 +165,18 @@ def test_a_slave_started_before_the_master(remote: Remote) -> None:
     assert_exactly_once(remote.job, 500)
 
 
+def test_a_checkpoint_of_tm_run_is_resumed_by_tm_master(remote: Remote) -> None:
+    n = 300
+    first = remote.job.run("1", "--limit", "100", TM_N=str(n))
+    assert first.returncode == 0, first.stderr
+    remote.start("master", "--resume", name="master", TM_N=str(n))
+    remote.start("slave", name="slave")
+    assert remote.exit_code("master") == 0, remote.log("master")
+    assert remote.exit_code("slave") == 0, remote.log("slave")
+    assert_exactly_once(remote.job, n)
+    assert remote.job.checkpoint()["done"] == n
+
+
 def test_kill_9_of_one_slave_loses_no_job(remote: Remote) -> None:
     n = 1500
     remote.start("master", "--heartbeat-timeout", "1", name="master", TM_N=str(n))
