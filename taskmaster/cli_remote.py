@@ -10,13 +10,9 @@ starts its slaves that way, with the secret in their environment, never on a com
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
-import signal
-import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -33,11 +29,11 @@ from .cli import (
     run_command,
 )
 from .coordinator import RunStats
-from .errors import EXIT_FAILED, EXIT_USAGE, GeneratorError, TaskmasterError, UsageError
-from .local import describe_exit
+from .errors import EXIT_USAGE, GeneratorError, TaskmasterError, UsageError
 from .options import Options, parse_rate
 from .replay import retry_failed
 from .runner import default_state_file, make_local_transport, run
+from .spawn import supervise
 from .target import load_target, parse_kwargs
 
 INSTALL_HINT = "pip install 'taskmaster-runner[zmq]'"
@@ -118,8 +114,6 @@ def master_command(
     from .master import MasterConfig, ZmqMasterTransport
 
     reporter: Any = None
-    transport: ZmqMasterTransport | None = None
-    stats: RunStats | None = None
     try:
         kwargs = parse_kwargs(args)
         tgt = load_target(target, opts.pop("get_jobs_name"), need_handle_job=False)
@@ -138,35 +132,34 @@ def master_command(
         _warn_secret(reporter.message, secret, address)
         config = MasterConfig(address, secret, heartbeat_timeout, tgt.identity)
         transport = ZmqMasterTransport(config, log=reporter.message)
-        if opts.pop("retry_failed"):
-            stats = retry_failed(None, reporter=reporter, transport=transport, **opts)
-        else:
-            stats = run(
-                tgt.get_jobs,
-                None,
-                kwargs=kwargs,
-                target=tgt.identity,
-                reporter=reporter,
-                transport=transport,
-                **opts,
-            )
+        stats = _serve(transport, tgt, kwargs, reporter, opts)
     except TaskmasterError as exc:
-        if transport is not None:
-            transport.farewell(finished=False)
         if reporter is not None:
             reporter.close()
         if isinstance(exc, GeneratorError) and exc.traceback_text:
             click.echo(exc.traceback_text.rstrip(), err=True)
         _fail(str(exc), exc.exit_code)
         return
-    except BaseException:
-        if transport is not None:
-            transport.farewell(finished=False)
-        raise
-    transport.farewell(finished=stats.finished)  # the slaves exit, or wait for a --resume
     reporter.finished(stats)
     _report_end(stats)
     sys.exit(stats.exit_code)
+
+
+def _serve(
+    transport: Any, tgt: Any, kwargs: dict[str, str], reporter: Any, opts: dict[str, Any]
+) -> RunStats:
+    """The run, through tm-run's own functions; then the slaves hear how it ended."""
+    stats: RunStats | None = None
+    try:
+        if opts.pop("retry_failed"):
+            stats = retry_failed(None, reporter=reporter, transport=transport, **opts)
+        else:
+            common = dict(kwargs=kwargs, target=tgt.identity, reporter=reporter)
+            stats = run(tgt.get_jobs, None, transport=transport, **common, **opts)
+        return stats
+    finally:
+        # Finished: the slaves exit. Otherwise they wait for a master started with --resume.
+        transport.farewell(finished=stats is not None and stats.finished)
 
 
 master_command.params.extend(_from_tm_run(MASTER_OPTIONS))
@@ -344,56 +337,10 @@ def spawn_command(
     env = dict(os.environ)
     if secret is not None:
         env[wire.SECRET_ENV] = secret.text  # by environment: a command line is public
-    sys.exit(_supervise(argv, env, count))
+    sys.exit(supervise(argv, env, count, lambda text: click.echo(text, err=True)))
 
 
 spawn_command.params.extend(_from_tm_run(SLAVE_OPTIONS))
-
-
-def _supervise(argv: list[str], env: dict[str, str], count: int) -> int:
-    with _forwarding() as procs:
-        for _ in range(count):
-            procs.append(
-                subprocess.Popen(argv, env=env, process_group=0, preexec_fn=_die_with_parent)
-            )
-        codes = [proc.wait() for proc in procs]
-    worst = 0
-    for number, (proc, code) in enumerate(zip(procs, codes, strict=True), start=1):
-        if code != 0:
-            why = describe_exit(code) if code < 0 else f"exited with code {code}"
-            click.echo(f"taskmaster: spawn: slave {number} (pid {proc.pid}) {why}", err=True)
-            worst = worst or (code if code > 0 else EXIT_FAILED)
-    return worst
-
-
-@contextlib.contextmanager
-def _forwarding() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Pass SIGINT/SIGTERM on to each slave once. The slaves have their own process group,
-    so a terminal's Ctrl-C reaches them through tm-spawn only, not twice."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def forward(signum: int, frame: Any) -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signum)
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield procs
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG: a slave gets SIGTERM (finish, return, leave) when tm-spawn dies.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
 
 
 # -- python -m taskmaster.cli_remote ------------------------------------------------------

@@ -3,32 +3,24 @@
 ::
 
     Coordinator --TaskSent--> ZmqMasterTransport ==ROUTER/DEALER==> tm-slave x N
-                <--events---   (credits, assignments,   <== done / lost / status
-                                heartbeats)
+                <--events---   (Roster: credits,        <== done / lost / status
+                                assignments, silence)
 
 It is a :class:`~taskmaster.messages.Transport` like the local one, so the coordinator
 applies the same rules to remote batches: retries, failures, the watermark, the window.
-
-- **Credits.** Each slave reports its free batch slots with the last frame seq it has seen.
-  A slave's credit is that count minus the batches sent after that seq, so the master never
-  sends more than the slaves can start, and the window bounds everything in flight.
-- **Assignments.** A result counts only from the slave its batch was sent to, while that
-  assignment is open. A batch the slave says it never got (its status acknowledges the
-  frame but does not list the batch: the connection dropped) runs again.
-- **Liveness.** Heartbeats both ways. A slave silent for ``heartbeat_timeout`` seconds is
-  lost: a WorkerLost with its batches, as for a dead local worker. Its late results are
-  passed on once (the coordinator has already sent those jobs again, so it counts nothing).
-- **Security.** Every frame is signed and checked by :mod:`taskmaster.wire` before anything
-  in it is parsed; the master itself never unpickles: results are JSON.
+The :class:`~taskmaster.roster.Roster` decides which results count and which slaves are
+lost; this module does the sockets: every frame is checked by :mod:`taskmaster.wire`
+before anything in it is parsed, heartbeats go out every ``heartbeat_timeout / 5``, and a
+slave silent for ``heartbeat_timeout`` is lost. The master never unpickles: results are
+JSON, and job payloads only pass through.
 """
 
 from __future__ import annotations
 
-import collections
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import zmq
 
@@ -40,14 +32,13 @@ from .messages import (
     Event,
     JobTimedOut,
     TaskSent,
-    WorkerLost,
 )
-from .remote import Body, MalformedBody, readable, status_of
+from .remote import Body, MalformedBody, readable, router_socket, status_of
+from .roster import Roster, SlaveRecord
 
 HEARTBEATS_PER_TIMEOUT = 5
 FAREWELL_SECONDS = 3.0  # how long a finished master waits for its slaves to say goodbye
 MAX_DRAIN = 10_000  # frames handled per wait(), so the coordinator keeps its turn
-REMEMBERED = 100_000  # batches of lost slaves remembered, for their late results
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,31 +47,6 @@ class MasterConfig:
     secret: wire.Secret | None
     heartbeat_timeout: float = 5.0
     target: str = ""
-
-
-@dataclass(slots=True, eq=False)
-class _Slave:
-    sender: str
-    routing: bytes
-    number: int
-    pid: int
-    host: str
-    max_frame: int
-    last_seen: float
-    free: int = 0
-    ack: int = 0
-    assigned: dict[int, int] = field(default_factory=dict)  # task_id -> seq of its frame
-    leaving: bool = False
-
-    def slots(self) -> int:
-        if self.leaving:
-            return 0
-        unseen = sum(1 for seq in self.assigned.values() if seq > self.ack)
-        return max(0, self.free - unseen)
-
-    @property
-    def name(self) -> str:
-        return f"slave {self.number} on {self.host} (pid {self.pid})"
 
 
 class ZmqMasterTransport:
@@ -101,12 +67,9 @@ class ZmqMasterTransport:
         self._opener = wire.Opener(key, wire.MASTER_MAX_FRAME)
         self._replay = wire.ReplayGuard()
         self._limited = wire.RateLimitedLog(log)
-        self._slaves: dict[str, _Slave] = {}
-        self._hellos: collections.OrderedDict[str, Body] = collections.OrderedDict()
-        self._lost: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
+        self.roster = Roster()
         self._notified: dict[bytes, float] = {}
         self._pending: list[Event] = []
-        self._numbers = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self._poller: tuple[tuple[int, ...], zmq.Poller] | None = None
@@ -115,7 +78,6 @@ class ZmqMasterTransport:
         self._kill = False
         self._finished = False
         self._farewell_started = False  # from then on, a slave that says hello is told to stop
-        self.slaves_lost = 0
 
     @property
     def beat_every(self) -> float:
@@ -124,19 +86,11 @@ class ZmqMasterTransport:
     # -- Transport ------------------------------------------------------------------------
 
     def describe(self) -> str:
-        return f"ZeroMQ master on {self.cfg.address}, {len(self._slaves)} slaves"
+        return f"ZeroMQ master on {self.cfg.address}, {len(self.roster.slaves)} slaves"
 
     def start(self) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.setsockopt(zmq.MAXMSGSIZE, wire.MASTER_MAX_FRAME)  # before any allocation
-        sock.setsockopt(zmq.RCVHWM, 1000)
-        sock.setsockopt(zmq.SNDHWM, 10_000)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unreachable slave is an error, not a drop
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting slave takes its id back
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)  # drop dead TCP connections by themselves
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+        sock = router_socket(ctx)
         try:
             sock.bind(self.cfg.address)
         except zmq.ZMQError as exc:
@@ -151,12 +105,10 @@ class ZmqMasterTransport:
         self.log(f"listening on {self.cfg.address} for slaves (run {self.run_id})")
 
     def free_slots(self) -> int:
-        if self._closing:
-            return 0
-        return sum(s.slots() for s in self._slaves.values())
+        return 0 if self._closing else self.roster.free_slots()
 
     def send(self, task: TaskSent) -> None:
-        slave = max(self._slaves.values(), key=_Slave.slots)
+        slave = self.roster.most_free()
         if len(task.payload) > slave.max_frame:  # the slave's socket would drop it unread
             self._pending.append(
                 BatchUnreadable(
@@ -171,7 +123,7 @@ class ZmqMasterTransport:
         frame = self._sealer.seal("task", self.run_id, {**body, "codec": task.codec}, task.payload)
         slave.assigned[task.task_id] = self._sealer.seq
         if not self._send_to(slave.routing, frame):
-            self._lose(slave, "could not be reached (its connection is gone)", self._pending)
+            self._pending.append(self.roster.lose(slave, "could not be reached (disconnected)"))
 
     def wait(self, timeout: float | None, wake_fds: list[int]) -> list[Event]:
         assert self._sock is not None, "start() first"
@@ -205,10 +157,10 @@ class ZmqMasterTransport:
             return
         self._finished = finished
         self._farewell_started = True
-        for slave in list(self._slaves.values()):
+        for slave in list(self.roster.slaves.values()):
             self._send_stop(slave.routing)
         deadline = self.clock() + (FAREWELL_SECONDS if finished else 0.0)
-        while self._slaves and self.clock() < deadline:
+        while self.roster.slaves and self.clock() < deadline:
             if self._sock.poll(100):
                 self._drain([])
         self._sock.close(linger=1000)
@@ -273,14 +225,14 @@ class ZmqMasterTransport:
 
     def _dispatch(self, msg: wire.Message, routing: bytes, peer: str, events: list[Event]) -> None:
         if msg.kind == "hello":
-            self._on_hello(msg, routing, peer)
+            self._on_hello(msg, routing)
             return
         if msg.run != self.run_id:
             # From a slave of an earlier master (this one restarted): it must say hello again.
             if msg.kind != "bye":
                 self._send_to(routing, self._sealer.seal("rejoin", self.run_id))
             return
-        slave = self._slaves.get(msg.sender)
+        slave = self.roster.slaves.get(msg.sender)
         if slave is not None:
             slave.last_seen = self.clock()
             slave.routing = routing
@@ -291,29 +243,35 @@ class ZmqMasterTransport:
             if slave is not None:
                 self._on_bye(slave, events)
             return
+        slave = slave or self._admit(msg.sender, routing, peer)
         if slave is None:
-            if self._closing:
-                if self._farewell_started:
-                    self._send_stop(routing)
-                return
-            slave = self._register(msg.sender, routing, peer)
-        self._on_status(slave, status_of(body), events)
+            return
+        lost = self.roster.status(slave, *status_of(body))
+        if lost is not None:
+            events.append(lost)
         if msg.kind == "leave" and not slave.leaving:
             slave.leaving = True
             self._send_to(routing, self._sealer.seal("leave_ok", self.run_id))
             self.log(f"{slave.name} is leaving once its {len(slave.assigned)} batches are done")
 
-    def _on_hello(self, msg: wire.Message, routing: bytes, peer: str) -> None:
+    def _admit(self, sender: str, routing: bytes, peer: str) -> SlaveRecord | None:
+        """A slave's first frame in this run (after its hello, or back after being lost)."""
+        if self._closing:
+            if self._farewell_started:
+                self._send_stop(routing)
+            return None
+        slave = self.roster.join(sender, routing, peer, self.clock())
+        self.log(f"{slave.name} joined from {peer}")
+        return slave
+
+    def _on_hello(self, msg: wire.Message, routing: bytes) -> None:
         body = Body(msg.body)
         nonce = body.text("nonce")
         if self._closing:
             if self._farewell_started:
                 self._send_stop(routing)  # the run is over: a latecomer is told at once
             return
-        self._hellos[msg.sender] = body
-        self._hellos.move_to_end(msg.sender)
-        while len(self._hellos) > 4096:
-            self._hellos.popitem(last=False)
+        self.roster.hello(msg.sender, body)
         welcome = {
             "nonce": nonce,
             "heartbeat": self.beat_every,
@@ -322,85 +280,35 @@ class ZmqMasterTransport:
         }
         self._send_to(routing, self._sealer.seal("welcome", self.run_id, welcome))
 
-    def _register(self, sender: str, routing: bytes, peer: str) -> _Slave:
-        hello = self._hellos.get(sender, Body({}))
-        self._numbers += 1
-        slave = _Slave(
-            sender=sender,
-            routing=routing,
-            number=self._numbers,
-            pid=hello.integer("pid", default=0),
-            host=hello.text("host", default=peer)[:255],
-            max_frame=hello.integer("max_frame", default=wire.SLAVE_MAX_FRAME),
-            last_seen=self.clock(),
-        )
-        self._slaves[sender] = slave
-        self.log(f"{slave.name} joined from {peer}")
-        return slave
-
     def _on_result(
-        self, slave: _Slave | None, sender: str, kind: str, body: Body, events: list[Event]
+        self, slave: SlaveRecord | None, sender: str, kind: str, body: Body, events: list[Event]
     ) -> None:
         if kind == "worker_lost":
-            self._on_worker_lost(slave, body, events)
+            if slave is not None:  # else the slave was lost: its batches were sent again
+                events.append(self.roster.worker_lost(slave, body))
             return
         task_id = body.integer("task")
-        if slave is not None and task_id in slave.assigned:
-            if kind != "timed_out":  # the WorkerLost that follows closes the assignment
-                del slave.assigned[task_id]
-        elif (sender, task_id) in self._lost and kind != "timed_out":
-            del self._lost[(sender, task_id)]
-            self.log(f"a late result for batch {task_id} from a lost slave: already sent again")
-        else:
+        event = _result_event(kind, task_id, body)  # a malformed body fails before any change
+        if kind == "timed_out":  # the WorkerLost that follows closes the assignment
+            if self.roster.holds(slave, task_id):
+                events.append(event)
+            return
+        taken = self.roster.take_result(slave, sender, task_id)
+        if taken is None:
             self._limited(
                 f"unassigned {sender}",
                 f"dropped a result for batch {task_id}, which is not assigned to its sender",
             )
             return
-        events.append(_result_event(kind, task_id, body))
+        if taken == "late":
+            self.log(f"a late result for batch {task_id} from a lost slave: already sent again")
+        events.append(event)
 
-    def _on_worker_lost(self, slave: _Slave | None, body: Body, events: list[Event]) -> None:
-        if slave is None:
-            return  # the slave itself was lost: its batches were sent again already
-        held = [t for t in body.integers("tasks") if t in slave.assigned]
-        for task_id in held:
-            del slave.assigned[task_id]
-        queued = set(body.integers("queued"))
-        events.append(
-            WorkerLost(
-                body.integer("worker"),
-                body.integer("pid"),
-                tuple(held),
-                f"{body.text('reason')} [a worker of slave {slave.number} on {slave.host}]",
-                queued=tuple(t for t in held if t in queued),
-            )
-        )
-
-    def _on_status(
-        self, slave: _Slave, status: tuple[int, int, set[int]], events: list[Event]
-    ) -> None:
-        ack, free, held = status
-        slave.ack = max(slave.ack, ack)
-        slave.free = free
-        missing = [t for t, seq in slave.assigned.items() if seq <= ack and t not in held]
-        if missing:
-            for task_id in missing:
-                del slave.assigned[task_id]
-            events.append(
-                WorkerLost(
-                    slave.number,
-                    slave.pid,
-                    tuple(missing),
-                    f"on {slave.host} never got them (the connection dropped)",
-                    queued=tuple(missing),
-                )
-            )
-
-    def _on_bye(self, slave: _Slave, events: list[Event]) -> None:
+    def _on_bye(self, slave: SlaveRecord, events: list[Event]) -> None:
         if slave.assigned:
-            self._lose(slave, "left while holding batches", events)
+            events.append(self.roster.lose(slave, "left while holding batches"))
         else:
-            del self._slaves[slave.sender]
+            del self.roster.slaves[slave.sender]
             self.log(f"{slave.name} left")
 
     # -- liveness and the rest ------------------------------------------------------------
@@ -409,27 +317,12 @@ class ZmqMasterTransport:
         now = self.clock()
         if now - self._last_beat >= self.beat_every:
             self._last_beat = now
-            for slave in list(self._slaves.values()):
+            for slave in list(self.roster.slaves.values()):
                 self._send_to(slave.routing, self._sealer.seal("heartbeat", self.run_id))
         limit = self.cfg.heartbeat_timeout
-        for slave in list(self._slaves.values()):
-            if now - slave.last_seen > limit:
-                self._lose(
-                    slave,
-                    f"went silent for more than {limit:g} s (host down, network cut, or the "
-                    "slave was killed)",
-                    events,
-                )
-
-    def _lose(self, slave: _Slave, why: str, events: list[Event]) -> None:
-        self._slaves.pop(slave.sender, None)
-        self.slaves_lost += 1
-        for task_id in slave.assigned:
-            self._lost[(slave.sender, task_id)] = None
-        while len(self._lost) > REMEMBERED:
-            self._lost.popitem(last=False)
-        reason = f"on {slave.host} {why}"  # the number and pid are those of "slave N joined"
-        events.append(WorkerLost(slave.number, slave.pid, tuple(slave.assigned), reason))
+        for slave in self.roster.silent(now, limit):
+            why = f"went silent for more than {limit:g} s (host down, network cut, or killed)"
+            events.append(self.roster.lose(slave, why))
 
     def _send_to(self, routing: bytes, frame: list[bytes]) -> bool:
         assert self._sock is not None

@@ -28,7 +28,8 @@ from typing import Any, cast
 
 import zmq
 
-from .messages import JobFailed
+from . import wire
+from .messages import BatchDone, BatchUnreadable, JobFailed, JobTimedOut
 
 MAX_TEXT = 1 << 20
 MAX_LIST = 1 << 20
@@ -121,6 +122,22 @@ def status_of(body: Body) -> tuple[int, int, set[int]]:
     return status.integer("ack"), status.integer("free"), set(status.integers("held"))
 
 
+def result_body(
+    event: BatchDone | BatchUnreadable | JobTimedOut, task: int
+) -> tuple[str, dict[str, Any]]:
+    """The kind and body a slave sends for a local worker's result on master batch ``task``."""
+    if isinstance(event, BatchDone):
+        return "done", {
+            "task": task,
+            "elapsed": event.elapsed,
+            "failures": fit_failures(event.failures),
+        }
+    if isinstance(event, BatchUnreadable):
+        error, tb = event.error[:10_000], event.traceback[-20_000:]
+        return "unreadable", {"task": task, "error": error, "traceback": tb}
+    return "timed_out", {"task": task, "index": event.index, "seconds": event.seconds}
+
+
 def fit_failures(failures: tuple[JobFailed, ...], budget: int = FAILURE_BUDGET) -> list[list[Any]]:
     """Failures as JSON lists, tracebacks shortened if all of them would not fit ``budget``.
 
@@ -145,3 +162,30 @@ def readable(sock: zmq.Socket[bytes]) -> bool:
     the last call on the socket before blocking on that descriptor.
     """
     return bool(cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN)
+
+
+def router_socket(ctx: zmq.Context[zmq.Socket[bytes]]) -> zmq.Socket[bytes]:
+    """The master's socket, limited before it reads a byte from anyone."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.setsockopt(zmq.MAXMSGSIZE, wire.MASTER_MAX_FRAME)  # a bigger frame drops its peer
+    sock.setsockopt(zmq.RCVHWM, 1000)
+    sock.setsockopt(zmq.SNDHWM, 10_000)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unreachable slave is an error, not a drop
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting slave takes its id back
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)  # ZMTP pings close dead TCP connections
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+    return sock
+
+
+def dealer_socket(ctx: zmq.Context[zmq.Socket[bytes]], sender: str) -> zmq.Socket[bytes]:
+    """A slave's socket; its routing id is its sender id, which the master checks."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, sender.encode())
+    sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a master not (yet) connected
+    sock.setsockopt(zmq.MAXMSGSIZE, wire.SLAVE_MAX_FRAME)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)  # reconnect attempts back off to 1 s
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+    return sock

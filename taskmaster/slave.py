@@ -19,13 +19,11 @@ earlier run's batches are dropped: that master is gone, and the new one runs the
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import secrets
-import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,17 +31,10 @@ import zmq
 
 from . import codec, wire
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .interrupts import counting_signals
 from .local import LocalTransport
-from .messages import (
-    BatchDone,
-    BatchUnreadable,
-    Event,
-    JobTimedOut,
-    Output,
-    TaskSent,
-    WorkerLost,
-)
-from .remote import Body, MalformedBody, fit_failures, readable, status_body
+from .messages import Event, JobTimedOut, Output, TaskSent, WorkerLost
+from .remote import Body, MalformedBody, dealer_socket, readable, result_body, status_body
 
 HELLO_EVERY = 0.5
 HELLO_UNSENT = 0.05
@@ -109,17 +100,10 @@ class Slave:
         """Work until the master says the run is finished; returns the exit code."""
         self.local.start()  # fork the workers before the ZeroMQ context starts its threads
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        sock = self._sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.ROUTING_ID, self.sender.encode())
-        sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a master not (yet) connected
-        sock.setsockopt(zmq.MAXMSGSIZE, wire.SLAVE_MAX_FRAME)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)  # reconnect attempts back off to 1 s
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+        sock = self._sock = dealer_socket(ctx, self.sender)
         try:
             sock.connect(self.cfg.address)
-            with _signals() as (sig_fd, count):
+            with counting_signals() as (sig_fd, count):
                 self._seek(f"connecting to {self.cfg.address}")
                 return self._loop(sig_fd, count)
         except SlaveExit as exc:
@@ -239,17 +223,8 @@ class Slave:
             self.tasks.pop(event.task_id, None)
         if entry is None or entry[0] != self.run_id:
             return  # a batch of an earlier master: nobody waits for its result
-        task = entry[1]
-        body: dict[str, Any]
-        if isinstance(event, BatchDone):
-            body = {"task": task, "elapsed": event.elapsed}
-            self._queue("done", {**body, "failures": fit_failures(event.failures)})
-        elif isinstance(event, BatchUnreadable):
-            body = {"task": task, "error": event.error[:10_000]}
-            self._queue("unreadable", {**body, "traceback": event.traceback[-20_000:]})
-        elif isinstance(event, JobTimedOut):
-            body = {"task": task, "index": event.index}
-            self._queue("timed_out", {**body, "seconds": event.seconds})
+        kind, body = result_body(event, entry[1])
+        self._queue(kind, body)
 
     def _on_worker_lost(self, event: WorkerLost) -> None:
         self.log(f"worker {event.worker_id} (pid {event.pid}) {event.reason}; replaced")
@@ -402,31 +377,3 @@ class Slave:
             self.log("left the master after finishing its jobs")
             return EXIT_INTERRUPTED
         return None
-
-
-@contextlib.contextmanager
-def _signals() -> Iterator[tuple[int, Callable[[], int]]]:
-    """SIGINT/SIGTERM only count (and wake the loop through a pipe); the loop acts."""
-    r, w = os.pipe()
-    os.set_blocking(r, False)
-    os.set_blocking(w, False)
-    count = [0]
-
-    def handler(signum: int, frame: Any) -> None:
-        count[0] += 1
-
-    def read() -> int:
-        with contextlib.suppress(BlockingIOError):
-            os.read(r, 512)
-        return count[0]
-
-    old_wakeup = signal.set_wakeup_fd(w)
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield r, read
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        signal.set_wakeup_fd(old_wakeup)
-        os.close(r)
-        os.close(w)

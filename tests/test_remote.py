@@ -234,6 +234,19 @@ def test_ctrl_c_on_a_slave_finishes_its_jobs_and_leaves(remote: Remote) -> None:
     assert_exactly_once(remote.job, n)
 
 
+def test_ctrl_c_on_tm_spawn_reaches_each_slave_once(remote: Remote) -> None:
+    master = remote.start("master", name="master", TM_N="100000")
+    spawn = remote.start("spawn", "2", name="spawn", TM_SLEEP="0.001")
+    remote.wait_log("master", "joined", count=2)
+    wait_until(lambda: sum(remote.job.counts().values()) > 50, 15, "jobs to run")
+    os.killpg(spawn.pid, signal.SIGINT)  # tm-spawn's group only: it passes the signal on
+    assert remote.exit_code("spawn") == 130, remote.log("spawn")
+    assert remote.log("spawn").count("left the master after finishing its jobs") == 2
+    os.kill(master.pid, signal.SIGINT)
+    assert remote.exit_code("master") == 130, remote.log("master")
+    assert_checkpoint_safe(remote.job)
+
+
 # -- forged and foreign traffic ------------------------------------------------------------
 
 
