@@ -225,6 +225,9 @@ class ZmqMasterTransport:
 
     def _dispatch(self, msg: wire.Message, routing: bytes, peer: str, events: list[Event]) -> None:
         if msg.kind == "hello":
+            known = self.roster.slaves.get(msg.sender)
+            if known is not None:  # it lost touch with us (we stalled?) but is alive
+                known.last_seen, known.routing = self.clock(), routing
             self._on_hello(msg, routing)
             return
         if msg.run != self.run_id:

@@ -32,11 +32,19 @@ SECRET = "a-test-secret-0123456789abcdef"
 KEY = wire.frame_key(wire.Secret(SECRET.encode(), "test"))
 
 # The ledger module, plus a gate: jobs wait for the file TM_GATE before they run, so a test
-# can let every slave join before any job finishes.
+# can let every slave join before any job finishes; and get_jobs can stall at TM_STALL_AT.
 REMOTE_MODULE = (
     LEDGER_MODULE
     + """
 GATE = os.environ.get("TM_GATE", "")
+STALL_AT = int(os.environ.get("TM_STALL_AT", "-1"))
+
+
+def get_jobs(last=0, **kwargs):
+    for i in range(int(last), N):
+        if i == STALL_AT:
+            time.sleep(float(os.environ["TM_STALL"]))  # a slow query: the master stops
+        yield i
 
 
 def handle_job(job):
@@ -175,6 +183,18 @@ def test_a_checkpoint_of_tm_run_is_resumed_by_tm_master(remote: Remote) -> None:
     assert remote.exit_code("slave") == 0, remote.log("slave")
     assert_exactly_once(remote.job, n)
     assert remote.job.checkpoint()["done"] == n
+
+
+def test_a_master_stalled_in_get_jobs_keeps_its_slaves(remote: Remote) -> None:
+    n = 400
+    stall = {"TM_STALL_AT": "200", "TM_STALL": "2"}  # 4 heartbeat timeouts
+    remote.start("master", "--heartbeat-timeout", "0.5", name="master", TM_N=str(n), **stall)
+    remote.start("slave", name="slave")
+    assert remote.exit_code("master") == 0, remote.log("master")
+    assert remote.exit_code("slave") == 0, remote.log("slave")
+    assert "back in touch" in remote.log("slave")
+    assert "went silent" not in remote.log("master")
+    assert_exactly_once(remote.job, n)
 
 
 def test_kill_9_of_one_slave_loses_no_job(remote: Remote) -> None:
