@@ -66,6 +66,22 @@ def _address_option(default_text: str) -> Decorator:
     return click.option("--address", "-a", metavar="tcp://HOST:PORT", help=default_text)
 
 
+def _curve_option() -> Decorator:
+    return click.option(
+        "--curve",
+        is_flag=True,
+        help="Also encrypt (CurveZMQ, keys derived from the secret); master and slaves alike.",
+    )
+
+
+def _curve_keys(use: bool, secret: wire.Secret | None) -> Any:
+    if not use:
+        return None
+    from .curve import derive_keys
+
+    return derive_keys(secret)
+
+
 def _secret_option() -> Decorator:
     return click.option(
         "--secret-file",
@@ -85,6 +101,7 @@ def _secret_option() -> Decorator:
     f"tcp://127.0.0.1:{wire.DEFAULT_PORT} without]."
 )
 @_secret_option()
+@_curve_option()
 @click.option(
     "--heartbeat-timeout",
     type=float,
@@ -97,6 +114,7 @@ def master_command(
     args: tuple[str, ...],
     address: str | None,
     secret_file: str | None,
+    curve: bool,
     heartbeat_timeout: float,
     **opts: Any,
 ) -> None:
@@ -130,7 +148,8 @@ def master_command(
         _master_opts(opts, tgt, kwargs)
         reporter = _reporter(opts.pop("no_progress"), opts.pop("log_every"), opts.pop("log_format"))
         _warn_secret(reporter.message, secret, address)
-        config = MasterConfig(address, secret, heartbeat_timeout, tgt.identity)
+        keys = _curve_keys(curve, secret)
+        config = MasterConfig(address, secret, heartbeat_timeout, tgt.identity, keys)
         transport = ZmqMasterTransport(config, log=reporter.message)
         stats = _serve(transport, tgt, kwargs, reporter, opts)
     except TaskmasterError as exc:
@@ -197,6 +216,7 @@ def _slave_options(fn: Any) -> Any:
     options = [
         _address_option(f"The master [default: tcp://127.0.0.1:{wire.DEFAULT_PORT}]."),
         _secret_option(),
+        _curve_option(),
         click.option(
             "--timeout",
             type=float,
@@ -242,6 +262,7 @@ def slave_command(
     args: tuple[str, ...],
     address: str | None,
     secret_file: str | None,
+    curve: bool,
     timeout: float,
     retries: int,
     workers: int,
@@ -280,7 +301,8 @@ def slave_command(
         )
         if secret is not None and secret.warning:
             log(f"warning: {secret.warning}")
-        slave = Slave(SlaveConfig(address, secret, timeout, retries), local, log)
+        config = SlaveConfig(address, secret, timeout, retries, _curve_keys(curve, secret))
+        slave = Slave(config, local, log)
     except TaskmasterError as exc:
         _fail(str(exc), exc.exit_code)
         return
@@ -304,6 +326,7 @@ def spawn_command(
     args: tuple[str, ...],
     address: str | None,
     secret_file: str | None,
+    curve: bool,
     timeout: float,
     retries: int,
     threads: int,
@@ -325,13 +348,14 @@ def spawn_command(
         secret = wire.load_secret(secret_file, os.environ)
         address = wire.slave_address(address, secret)
         _check_patience(timeout, retries)
+        _curve_keys(curve, secret)
         Options(threads=threads, job_timeout=job_timeout)
     except TaskmasterError as exc:
         _fail(str(exc), exc.exit_code)
         return
     argv = [sys.executable, "-m", "taskmaster.cli_remote", "slave", target, "--address", address]
     argv += ["--timeout", repr(timeout), "--retries", str(retries), "--threads", str(threads)]
-    argv += ["--handle-job", handle_job_name, *args]
+    argv += ["--handle-job", handle_job_name, *(["--curve"] if curve else []), *args]
     if job_timeout is not None:
         argv += ["--job-timeout", repr(job_timeout)]
     env = dict(os.environ)

@@ -23,8 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
-from . import wire
+from . import curve, wire
+from .curve import CurveKeys
 from .errors import UsageError
 from .messages import (
     BatchDone,
@@ -47,6 +49,7 @@ class MasterConfig:
     secret: wire.Secret | None
     heartbeat_timeout: float = 5.0
     target: str = ""
+    curve: CurveKeys | None = None  # --curve: encrypt, and admit only the slaves' key
 
 
 class ZmqMasterTransport:
@@ -73,6 +76,7 @@ class ZmqMasterTransport:
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self._poller: tuple[tuple[int, ...], zmq.Poller] | None = None
+        self._auth: ThreadAuthenticator | None = None
         self._last_beat = 0.0
         self._closing = False
         self._kill = False
@@ -91,10 +95,13 @@ class ZmqMasterTransport:
     def start(self) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sock = router_socket(ctx)
+        if self.cfg.curve is not None:
+            self._auth = curve.serve(ctx, sock, self.cfg.curve)
         try:
             sock.bind(self.cfg.address)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
+            self._stop_auth()
             ctx.term()
             raise UsageError(
                 f"cannot listen on {self.cfg.address}: {exc.strerror} (another tm-master "
@@ -102,7 +109,8 @@ class ZmqMasterTransport:
             ) from None
         self._ctx, self._sock = ctx, sock
         self._last_beat = self.clock()
-        self.log(f"listening on {self.cfg.address} for slaves (run {self.run_id})")
+        how = ", encrypted (--curve)" if self.cfg.curve else ""
+        self.log(f"listening on {self.cfg.address} for slaves{how} (run {self.run_id})")
 
     def free_slots(self) -> int:
         return 0 if self._closing else self.roster.free_slots()
@@ -164,8 +172,14 @@ class ZmqMasterTransport:
             if self._sock.poll(100):
                 self._drain([])
         self._sock.close(linger=1000)
+        self._stop_auth()
         self._ctx.term()
         self._sock = self._ctx = None
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     def _send_stop(self, routing: bytes) -> None:
         body = {"finished": self._finished, "kill": self._kill}

@@ -29,7 +29,8 @@ from typing import Any
 
 import zmq
 
-from . import codec, wire
+from . import codec, curve, wire
+from .curve import CurveKeys
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .interrupts import counting_signals
 from .local import LocalTransport
@@ -47,6 +48,7 @@ class SlaveConfig:
     secret: wire.Secret | None
     timeout: float = 15.0  # seconds one attempt to reach the master lasts
     retries: int = 8  # attempts after the first, each after a longer pause
+    curve: CurveKeys | None = None  # --curve: encrypt, and talk only to the master's key
 
 
 class SlaveExit(Exception):
@@ -101,6 +103,8 @@ class Slave:
         self.local.start()  # fork the workers before the ZeroMQ context starts its threads
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sock = self._sock = dealer_socket(ctx, self.sender)
+        if self.cfg.curve is not None:
+            curve.connect_as_slave(sock, self.cfg.curve)
         try:
             sock.connect(self.cfg.address)
             with counting_signals() as (sig_fd, count):
@@ -169,13 +173,15 @@ class Slave:
         attempts = self.cfg.retries + 1
         waited = f"no answer from a master at {self.cfg.address} for {self.cfg.timeout:g} s"
         if self.attempt >= attempts:
+            waited += ", once" if attempts == 1 else f", {attempts} times"
             if not self.welcomed:
                 raise SlaveExit(
                     EXIT_USAGE,
-                    f"{waited}, {attempts} times: is tm-master running there, reachable from "
-                    "this host, and given the same secret? (--address, --secret-file)",
+                    f"{waited}: is tm-master running there, reachable from "
+                    "this host, with the same secret and --curve setting? (--address, "
+                    "--secret-file, --curve)",
                 )
-            raise SlaveExit(EXIT_FAILED, f"{waited}, {attempts} times: giving up")
+            raise SlaveExit(EXIT_FAILED, f"{waited}: giving up")
         pause = min(MAX_BACKOFF, 2.0 ** (self.attempt - 1))
         self.log(f"{waited} (attempt {self.attempt} of {attempts}); trying again in {pause:g} s")
         self.next_hello = now + pause

@@ -17,6 +17,8 @@ zmq = pytest.importorskip("zmq")
 from conftest import wait_until  # noqa: E402
 
 from taskmaster import wire  # noqa: E402
+from taskmaster.curve import derive_keys  # noqa: E402
+from taskmaster.errors import UsageError  # noqa: E402
 from taskmaster.master import MasterConfig, ZmqMasterTransport  # noqa: E402
 from taskmaster.messages import (  # noqa: E402
     BatchDone,
@@ -240,3 +242,47 @@ def test_a_finished_master_stops_its_slaves_and_latecomers(address: str) -> None
         joined.sock.close()
         late.sock.close()
         ctx.term()
+
+
+def test_curve_admits_only_connections_with_the_slaves_key(address: str) -> None:
+    keys = derive_keys(SECRET)
+    assert keys == derive_keys(SECRET) and keys != derive_keys(wire.Secret(b"x" * 20, "x"))
+    assert keys.server_secret not in repr(keys).encode()
+    ctx = zmq.Context()
+    lines: list[str] = []
+    transport = ZmqMasterTransport(MasterConfig(address, SECRET, 5.0, curve=keys), lines.append)
+    transport.start()
+    stranger_public, stranger_secret = zmq.curve_keypair()
+    tries = {
+        "slave": (keys.client_public, keys.client_secret),
+        "stranger": (stranger_public, stranger_secret),  # knows the master's public key
+        "plain": None,
+    }
+    socks = {}
+    try:
+        for name, pair in tries.items():
+            sock = socks[name] = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, name.encode())
+            if pair is not None:
+                sock.curve_serverkey = keys.server_public
+                sock.curve_publickey, sock.curve_secretkey = pair
+            sock.connect(address)
+            sock.send_multipart(wire.Sealer(KEY, name).seal("hello", None, {"nonce": "n"}))
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not socks["slave"].poll(0):
+            transport.wait(0.01, [])
+        transport.wait(0.2, [])
+        answered = {name for name, sock in socks.items() if sock.poll(0)}
+        assert answered == {"slave"}
+    finally:
+        transport.close()
+        transport.farewell(finished=False)
+        for sock in socks.values():
+            sock.close()
+        ctx.term()
+
+
+def test_curve_needs_a_secret() -> None:
+    with pytest.raises(UsageError, match="--curve needs a secret"):
+        derive_keys(None)

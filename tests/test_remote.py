@@ -377,6 +377,27 @@ def test_a_master_without_a_secret_refuses_a_public_address(remote: Remote) -> N
     assert proc.returncode == 2
 
 
+def test_curve_encrypted_run_and_a_slave_without_curve_left_out(remote: Remote) -> None:
+    gate = remote.job.folder / "go"
+    remote.start("master", "--curve", name="master", TM_N="300")
+    remote.wait_log("master", "encrypted (--curve)")
+    remote.start("slave", "--timeout", "0.5", "--retries", "0", name="plain")
+    remote.start("slave", "--curve", name="curve", TM_GATE=str(gate))
+    assert remote.exit_code("plain") == 2, remote.log("plain")  # its handshake fails
+    assert "--curve" in remote.log("plain")
+    gate.touch()
+    assert remote.exit_code("master") == 0, remote.log("master")
+    assert remote.exit_code("curve") == 0, remote.log("curve")
+    assert remote.log("master").count("joined") == 1
+    assert_exactly_once(remote.job, 300)
+
+
+def test_curve_without_a_secret_is_refused(remote: Remote) -> None:
+    remote.start("master", "--curve", name="master", TASKMASTER_SECRET="")
+    assert remote.exit_code("master") == 2
+    assert "--curve needs a secret" in remote.log("master")
+
+
 def test_a_short_secret_is_refused(remote: Remote) -> None:
     remote.start("master", name="master", **{wire.SECRET_ENV: "tooshort"})
     assert remote.exit_code("master") == 2
