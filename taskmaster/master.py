@@ -18,6 +18,7 @@ JSON, and job payloads only pass through.
 from __future__ import annotations
 
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from .remote import Body, MalformedBody, readable, router_socket, status_of
 from .roster import Roster, SlaveRecord
 
 HEARTBEATS_PER_TIMEOUT = 5
+LONELY_HINT_EVERY = 30.0  # while no slave is connected, say how to start one this often
 FAREWELL_SECONDS = 3.0  # how long a finished master waits for its slaves to say goodbye
 MAX_DRAIN = 10_000  # frames handled per wait(), so the coordinator keeps its turn
 
@@ -78,6 +80,7 @@ class ZmqMasterTransport:
         self._poller: tuple[tuple[int, ...], zmq.Poller] | None = None
         self._auth: ThreadAuthenticator | None = None
         self._last_beat = 0.0
+        self._next_hint = 0.0
         self._closing = False
         self._kill = False
         self._finished = False
@@ -109,6 +112,7 @@ class ZmqMasterTransport:
             ) from None
         self._ctx, self._sock = ctx, sock
         self._last_beat = self.clock()
+        self._next_hint = self._last_beat + LONELY_HINT_EVERY
         how = ", encrypted (--curve)" if self.cfg.curve else ""
         self.log(f"listening on {self.cfg.address} for slaves{how} (run {self.run_id})")
 
@@ -336,10 +340,21 @@ class ZmqMasterTransport:
             self._last_beat = now
             for slave in list(self.roster.slaves.values()):
                 self._send_to(slave.routing, self._sealer.seal("heartbeat", self.run_id))
+            if not self.roster.slaves and not self._closing and now >= self._next_hint:
+                self._next_hint = now + LONELY_HINT_EVERY
+                self.log(f"no slave connected yet; start some with: {self._slave_command()}")
         limit = self.cfg.heartbeat_timeout
         for slave in self.roster.silent(now, limit):
             why = f"went silent for more than {limit:g} s (host down, network cut, or killed)"
             events.append(self.roster.lose(slave, why))
+
+    def _slave_command(self) -> str:
+        host, port = wire.parse_address(self.cfg.address)
+        if host in ("0.0.0.0", "*", "::"):
+            host = socket.gethostname()
+        module = self.cfg.target.rpartition(":")[0] or "JOBS.py"
+        curve_flag = " --curve" if self.cfg.curve else ""
+        return f"tm-slave {module} --address tcp://{host}:{port}{curve_flag}"
 
     def _send_to(self, routing: bytes, frame: list[bytes]) -> bool:
         assert self._sock is not None

@@ -16,6 +16,7 @@ zmq = pytest.importorskip("zmq")
 
 from conftest import wait_until  # noqa: E402
 
+from taskmaster import master as master_module  # noqa: E402
 from taskmaster import wire  # noqa: E402
 from taskmaster.curve import derive_keys  # noqa: E402
 from taskmaster.errors import UsageError  # noqa: E402
@@ -286,3 +287,17 @@ def test_curve_admits_only_connections_with_the_slaves_key(address: str) -> None
 def test_curve_needs_a_secret() -> None:
     with pytest.raises(UsageError, match="--curve needs a secret"):
         derive_keys(None)
+
+
+def test_a_master_without_slaves_says_how_to_start_one(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(master_module, "LONELY_HINT_EVERY", 0.05)
+    master = Master(address, heartbeat_timeout=0.1)
+    try:
+        master.pump(lambda: any("no slave connected yet" in line for line in master.lines), 5)
+    finally:
+        master.transport.close()
+        master.transport.farewell(finished=False)
+    hint = [line for line in master.lines if "no slave connected yet" in line][0]
+    assert f"--address {address}" in hint and "tm-slave" in hint
