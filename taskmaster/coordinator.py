@@ -306,9 +306,7 @@ class Coordinator:
             return 1
         slots = max(1, self.transport.free_slots() + len(self.in_flight))
         # Half the window in flight leaves the other half for batches finishing out of order.
-        cap = min(
-            MAX_BATCH, self.opt.size // (2 * slots), BATCH_BYTES // max(1, self._job_bytes)
-        )
+        cap = min(MAX_BATCH, self.opt.size // (2 * slots), BATCH_BYTES // max(1, self._job_bytes))
         return max(1, min(cap, int(BATCH_SECONDS / self._per_job)))
 
     def _new_task(self, unit: Unit, lo: int, hi: int, attempt: int) -> Task:
