@@ -24,7 +24,7 @@ import pytest
 zmq = pytest.importorskip("zmq")
 
 from conftest import LEDGER_MODULE, Job, wait_until  # noqa: E402
-from faultlib import assert_checkpoint_safe, assert_no_loss  # noqa: E402
+from faultlib import FAULT_MODULE, assert_checkpoint_safe, assert_no_loss  # noqa: E402
 
 from taskmaster import checkpoint, wire  # noqa: E402
 
@@ -195,6 +195,32 @@ def test_a_master_stalled_in_get_jobs_keeps_its_slaves(remote: Remote) -> None:
     assert "back in touch" in remote.log("slave")
     assert "went silent" not in remote.log("master")
     assert_exactly_once(remote.job, n)
+
+
+@pytest.mark.parametrize(
+    ("fault", "slave_args", "error"),
+    [
+        ("raise", (), "ValueError: job 7 is bad"),
+        ("sigkill", (), "WorkerDied: worker"),
+        ("hang", ("--job-timeout", "1"), "JobTimeout"),
+    ],
+)
+def test_job_faults_on_a_slave_end_as_under_tm_run(
+    make_job: Callable[[str], Job], fault: str, slave_args: tuple[str, ...], error: str
+) -> None:
+    remote = Remote(make_job(FAULT_MODULE))
+    try:
+        env = {"TM_N": "30", "TM_FAULT": fault, "TM_BAD": "7"}
+        remote.start("master", "--retry-delay", "0", name="master", **env)
+        remote.start("slave", *slave_args, name="slave", **env)
+        assert remote.exit_code("master", timeout=40) == 1, remote.log("master")
+        assert remote.exit_code("slave") == 0, remote.log("slave")
+        [failure] = remote.job.failures()
+        assert failure["seq"] == 7 and str(failure["error"]).startswith(error), failure
+        assert failure["attempts"] == 3
+        assert_no_loss(remote.job, 30)
+    finally:
+        remote.close()
 
 
 def test_kill_9_of_one_slave_loses_no_job(remote: Remote) -> None:
