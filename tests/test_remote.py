@@ -223,6 +223,25 @@ def test_job_faults_on_a_slave_end_as_under_tm_run(
         remote.close()
 
 
+def test_retry_failed_through_the_master(make_job: Callable[[str], Job]) -> None:
+    remote = Remote(make_job(FAULT_MODULE))
+    try:
+        bad = {"TM_N": "30", "TM_FAULT": "raise", "TM_BAD": "7"}
+        remote.start("master", "--retry-delay", "0", name="master", **bad)
+        remote.start("slave", name="slave", **bad)
+        assert remote.exit_code("master") == 1, remote.log("master")
+        assert remote.exit_code("slave") == 0, remote.log("slave")
+        assert [f["seq"] for f in remote.job.failures()] == [7]
+        remote.start("master", "--retry-failed", name="retry", TM_N="30")
+        remote.start("slave", name="fixed", TM_N="30")  # the bug is fixed: no TM_FAULT
+        assert remote.exit_code("retry") == 0, remote.log("retry")
+        assert remote.exit_code("fixed") == 0, remote.log("fixed")
+        assert remote.job.failures() == []
+        assert remote.job.counts()[7] == 4  # 3 failed attempts, then the retry
+    finally:
+        remote.close()
+
+
 def test_kill_9_of_one_slave_loses_no_job(remote: Remote) -> None:
     n = 1500
     remote.start("master", "--heartbeat-timeout", "1", name="master", TM_N=str(n))
