@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import codec
+from . import codec, failpoints
 from .checkpoint import Anchor, State
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, GeneratorError, StateIOError
 from .failures import FailureLog, FailureRecord, make_record
@@ -47,6 +47,13 @@ BATCH_SECONDS = 0.05  # aim for batches of about this much work: short jobs batc
 MAX_BATCH = 4096
 BATCH_BYTES = 1 << 20  # big jobs go in smaller batches: a pipe moves ~1 MiB without stalling
 TICK = 0.1
+
+
+class PullInterrupted(BaseException):
+    """Raised by the Ctrl-C handler while get_jobs blocks, so that a stop never waits on it.
+
+    A BaseException, so that the generator and JobSource let it through.
+    """
 
 
 @dataclass(slots=True, eq=False)
@@ -162,6 +169,8 @@ class Coordinator:
         self._last_tick = 0.0
         self.wake_fds: list[int] = []
         self.on_wake: Callable[[], None] = lambda: None
+        self.pulling = False  # inside get_jobs, where only an exception gets the loop back
+        self._pull_stopped = False
         self._t0 = clock()
         self.bucket = TokenBucket(options.rate, self._t0) if options.rate else None
 
@@ -186,7 +195,9 @@ class Coordinator:
         """One turn: dispatch, wait for events (or a timer), handle them, checkpoint."""
         now = self.clock()
         if self.stopping and now - self._stop_at > self.opt.drain_timeout:
-            self.abort(f"jobs still running after --drain-timeout {self.opt.drain_timeout:g} s")
+            why = f"jobs still running after --drain-timeout {self.opt.drain_timeout:g} s"
+            self.reporter.message(f"stopping now: {why}; they run again on --resume")
+            self.abort(why)
             return
         self._dispatch(now)
         if self._over():
@@ -254,7 +265,7 @@ class Coordinator:
     def _pull(self) -> bool:
         """Pull one unit into the window and send it; False when nothing can be pulled."""
         ledger = self.ledger
-        while not self.source.exhausted and not self._limit_reached():
+        while not (self.source.exhausted or self._limit_reached() or self._pull_stopped):
             # The window counts from the watermark, not only what is held: one slow job may
             # be passed by at most --size others, so the jobs finished above the watermark,
             # and the checkpoint that lists them, stay bounded too.
@@ -271,7 +282,8 @@ class Coordinator:
                 if self._skip_resolved():
                     continue
                 return True
-            jobs = self.source.pull(n)
+            jobs = self._from_source(n)
+            failpoints.hit("gen.after_pull")
             if jobs:
                 self._send(self._new_task(ledger.open_unit(jobs), 0, len(jobs), 1))
                 return True
@@ -283,7 +295,7 @@ class Coordinator:
         """At a range a previous run resolved: skip it if its jobs are unchanged."""
         rng = self.ledger.resolved_range_at(self.ledger.next_seq)
         assert rng is not None
-        jobs = self.source.pull(rng.end - rng.start, max_wait=float("inf"))
+        jobs = self._from_source(rng.end - rng.start, max_wait=float("inf"))
         if not jobs:
             return True
         encoded = codec.encode_batch(jobs)
@@ -293,6 +305,26 @@ class Coordinator:
             return True
         self._send(self._new_task(self.ledger.open_unit(jobs), 0, len(jobs), 1))
         return False
+
+    def _from_source(self, n: int, max_wait: float = 0.02) -> list[Any]:
+        """Up to ``n`` jobs from get_jobs, which is left for good if a stop interrupts it.
+
+        The jobs it yielded in this call are not in the window yet, so the checkpoint does
+        not cover them and --resume pulls them again.
+        """
+        self.pulling = True
+        try:
+            return self.source.pull(n, max_wait)
+        except PullInterrupted:
+            return []
+        finally:
+            self.pulling = False
+
+    def interrupt_pull(self) -> None:
+        """For signal handlers: get the loop back from a get_jobs that blocks (once)."""
+        if self.pulling and not self._pull_stopped:
+            self._pull_stopped = True
+            raise PullInterrupted
 
     def _batch_size(self) -> int:
         if self.opt.batch_size is not None:
@@ -377,6 +409,7 @@ class Coordinator:
         task = self.in_flight.pop(event.task_id, None)
         if task is None:
             return  # a late answer for a batch already re-dispatched: counted once
+        failpoints.hit("parent.after_ack_before_wm")
         n = task.hi - task.lo
         self._per_job = (
             event.elapsed / n
@@ -482,6 +515,11 @@ class Coordinator:
             return
         self.ledger.resolve(unit, failed=len(records))
         if self.opt.max_failures is not None and self._failed_this_run() >= self.opt.max_failures:
+            if self.stopping is None:
+                self.reporter.message(
+                    f"stopping: --max-failures {self.opt.max_failures} reached; finishing the "
+                    "jobs in flight. Fix the cause, then run again with --resume"
+                )
             self.request_stop(f"--max-failures {self.opt.max_failures} reached")
 
     def _failed_this_run(self) -> int:

@@ -7,6 +7,7 @@ never passes a failure that could be lost in a crash.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import time
@@ -84,14 +85,20 @@ class FailureLog:
         if not records:
             return
         data = "".join(r.to_json() + "\n" for r in records).encode()
+        size = None
         try:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            size = os.fstat(self._fd).st_size
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view) :]
             os.fsync(self._fd)
         except OSError as exc:
+            if size is not None and self._fd is not None:
+                # Records that are not durable are not trusted: take them back (best effort).
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, size)
             raise StateIOError(
                 f"writing the failures file {self.path} failed: {exc.strerror or exc}. "
                 "The checkpoint was not advanced past those jobs; fix the folder, then --resume."

@@ -94,7 +94,7 @@ def _prepare_state(
             f"{', finished' if existing.finished else ''}). Pass --resume to continue it, or "
             "--reset to delete it and start over."
         )
-    if existing.target != target or existing.kwargs != kwargs:
+    if not _same_run(existing, target, kwargs):
         raise CheckpointError(
             f"{path} belongs to another run: target {existing.target} with "
             f"{_kw(existing.kwargs)}, not {target} with {_kw(kwargs)}. Use --state-file to "
@@ -117,7 +117,8 @@ def _kw(kwargs: dict[str, str]) -> str:
 
 @contextlib.contextmanager
 def _signals(coord: Coordinator, reporter: Reporter) -> Iterator[None]:
-    """First Ctrl-C/SIGTERM: drain; second: abort. Handlers only count; the loop acts."""
+    """First Ctrl-C/SIGTERM: drain; second: abort. Handlers count (and get the loop back from
+    a get_jobs that blocks); the loop acts."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -128,6 +129,7 @@ def _signals(coord: Coordinator, reporter: Reporter) -> Iterator[None]:
 
     def handler(signum: int, frame: Any) -> None:
         count[0] += 1
+        coord.interrupt_pull()  # raises if get_jobs blocks: the loop must see this signal
 
     def on_wake() -> None:
         with contextlib.suppress(BlockingIOError):

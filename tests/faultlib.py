@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
+import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from conftest import LEDGER_MODULE, Job, kill_group
+import pytest
+from conftest import LEDGER_MODULE, Job, kill_group, wait_until
 
 from taskmaster import checkpoint
 
@@ -149,3 +152,59 @@ def started(job: Job, *args: str, **env: str) -> Iterator[subprocess.Popen[str]]
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def run_wrapped(
+    job: Job, prefix: list[str], *args: str, timeout: float = 45, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Like ``job.run``, with the command behind ``prefix`` (strace, setpriv...)."""
+    return subprocess.run(
+        [*prefix, *job.args(*args)],
+        cwd=job.folder,
+        env={**job.env, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def start_wrapped(job: Job, prefix: list[str], *args: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*prefix, *job.args(*args)],
+        cwd=job.folder,
+        env={**job.env, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def without_dac_override() -> list[str] | None:
+    """A command prefix under which file modes bind (root ignores them), or None.
+
+    Dropping root's DAC capabilities keeps the interpreter reachable, which a switch to
+    nobody would not when Python lives in a root-only folder.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return None
+    prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    probe = subprocess.run([*prefix, "true"], capture_output=True)
+    return prefix if probe.returncode == 0 else None
+
+
+def wait_for_run(
+    proc: subprocess.Popen[str], predicate: Callable[[], object], timeout: float, what: str
+) -> None:
+    """``wait_until``, failing with the run's stderr (the group is killed first)."""
+    try:
+        wait_until(predicate, timeout, what)
+    except BaseException:
+        kill_group(proc)
+        _, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s waiting for {what}; stderr:\n{err}")
