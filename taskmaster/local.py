@@ -35,6 +35,8 @@ _CAUSES = {
     signal.SIGBUS: "a crash in C code (bus error)",
     signal.SIGABRT: "an abort() in C code",
     signal.SIGTERM: "someone sent SIGTERM to the worker",
+    signal.SIGALRM: "its --job-timeout watchdog: a job held the GIL past the limit, so the "
+    "worker could not stop it; C code that never releases the GIL?",
 }
 
 

@@ -4,7 +4,9 @@ One reader (the main thread) takes batches off the pipe into a local queue as so
 arrive, so the parent never blocks on a busy worker; ``threads`` runner threads (or one
 asyncio loop for ``async def`` handlers) run them and send one result per batch. With
 ``--job-timeout``, the reader also watches how long each thread's job has run and, past the
-limit, reports the job and exits: a thread cannot be killed, its process can.
+limit, reports the job and exits: a thread cannot be killed, its process can. A job stuck in
+C code that holds the GIL stops the reader as well; a timer the reader keeps pushing back
+(SIGALRM) then ends the process.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ from .messages import BatchDone, BatchUnreadable, JobFailed, JobTimedOut, Stop, 
 
 EXIT_TIMEOUT = 3  # the worker exits with this after reporting a JobTimedOut
 EXIT_PARENT_GONE = 4
+WATCHDOG_GRACE = 1.0  # seconds past --job-timeout and a poll before SIGALRM ends a stuck worker
+
+
+def _poll_interval(job_timeout: float) -> float:
+    """How often the reader checks the running jobs' ages under --job-timeout."""
+    return min(1.0, job_timeout / 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +179,10 @@ class Worker:
             if entry is not None and now - entry[2] > limit:
                 self.send(JobTimedOut(entry[0], entry[1], now - entry[2]))
                 os._exit(EXIT_TIMEOUT)
+        # The watchdog: a job in C code that never releases the GIL stops this thread too,
+        # so nothing above can run. If it is not pushed back in time, SIGALRM kills the
+        # process (after faulthandler dumped every thread's stack).
+        signal.setitimer(signal.ITIMER_REAL, limit + _poll_interval(limit) + WATCHDOG_GRACE)
 
     def _recv_payload(self) -> bytes:
         try:
@@ -179,7 +191,9 @@ class Worker:
             os._exit(EXIT_PARENT_GONE)
 
     def read_loop(self, on_task: Callable[[TaskSent | Stop], None]) -> None:
-        interval = None if self.spec.job_timeout is None else min(1.0, self.spec.job_timeout / 4)
+        limit = self.spec.job_timeout
+        interval = None if limit is None else _poll_interval(limit)
+        self.check_timeouts()  # arms the watchdog
         while True:
             try:
                 ready = self.conn.poll(interval)
@@ -192,6 +206,8 @@ class Worker:
                     msg = dataclasses.replace(msg, payload=self._recv_payload())
                 on_task(msg)
                 if isinstance(msg, Stop):
+                    if limit is not None:
+                        signal.setitimer(signal.ITIMER_REAL, 0)  # idle from now on
                     return
             self.check_timeouts()
 
@@ -276,6 +292,8 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, close_fds: 
         with contextlib.suppress(OSError):
             os.close(fd)
     faulthandler.enable(file=sys.stderr, all_threads=True)
+    if spec.job_timeout is not None:  # the watchdog's SIGALRM: dump the stacks, then die of it
+        faulthandler.register(signal.SIGALRM, file=sys.stderr, all_threads=True, chain=True)
     if spec.setup is not None:
         spec.setup()
     worker = Worker(conn, spec)

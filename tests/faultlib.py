@@ -25,7 +25,7 @@ from taskmaster import checkpoint
 FAULT_MODULE = (
     LEDGER_MODULE
     + """
-import ctypes, signal, socket, sys
+import ctypes, re, signal, socket, sys
 
 FAULT = os.environ.get("TM_FAULT", "")
 BAD = {int(s) for s in os.environ.get("TM_BAD", "").split(",") if s}
@@ -90,6 +90,8 @@ def handle_job(job):
         ctypes.string_at(0)
     if FAULT == "hang":
         time.sleep(1e9)
+    if FAULT == "hang_holding_the_gil":  # the regex engine never releases the GIL
+        re.match(r"(a+)+$", "a" * 64 + "b")
     if FAULT == "flaky":
         try:
             os.close(os.open(os.path.join(HERE, "flaky-%d" % job), os.O_CREAT | os.O_EXCL))

@@ -82,6 +82,13 @@ CRASH_MATRIX = {
         runs=2,
         says=("--job-timeout",),
     ),
+    "hang-holding-the-gil": Fault(
+        "hang_holding_the_gil",
+        (*ONE_BY_ONE, "--job-timeout", "1", "--retries", "0"),
+        failures=((BAD, "WorkerDied: ", 1),),
+        runs=1,
+        says=("SIGALRM", "--job-timeout watchdog"),
+    ),
     "unserializable-generator-object": Fault(
         "genobj", failures=((BAD, "EncodeError: job of type generator ", 1),), runs=0
     ),
