@@ -47,6 +47,7 @@ BATCH_SECONDS = 0.05  # aim for batches of about this much work: short jobs batc
 MAX_BATCH = 4096
 BATCH_BYTES = 1 << 20  # big jobs go in smaller batches: a pipe moves ~1 MiB without stalling
 TICK = 0.1
+SETUP_FAILURES = 3  # workers in a row dying in setup_worker, with no batch done between, stop a run
 
 
 class PullInterrupted(BaseException):
@@ -170,6 +171,7 @@ class Coordinator:
         self.wake_fds: list[int] = []
         self.on_wake: Callable[[], None] = lambda: None
         self.pulling = False  # inside get_jobs, where only an exception gets the loop back
+        self._setup_failures = 0  # in a row, since a batch was last done
         self._pull_stopped = False
         self._t0 = clock()
         self.bucket = TokenBucket(options.rate, self._t0) if options.rate else None
@@ -410,6 +412,7 @@ class Coordinator:
         if task is None:
             return  # a late answer for a batch already re-dispatched: counted once
         failpoints.hit("parent.after_ack_before_wm")
+        self._setup_failures = 0
         n = task.hi - task.lo
         self._per_job = (
             event.elapsed / n
@@ -450,6 +453,8 @@ class Coordinator:
             )
             return
         self.reporter.message(f"{who} holding {seqs}; they will run again")
+        if event.setup_failed:
+            self._on_setup_failed()
         queued = set(event.queued)
         innocent: list[Task] = []
         for task in tasks:
@@ -462,6 +467,17 @@ class Coordinator:
             else:
                 self._lost_task(task, f"WorkerDied: {who}", "")
         self.ready.extendleft(reversed(innocent))
+
+    def _on_setup_failed(self) -> None:
+        """Workers that cannot start would be replaced forever: stop after a few in a row."""
+        self._setup_failures += 1
+        if self._setup_failures >= SETUP_FAILURES and self.stopping is None:
+            self.reporter.message(
+                f"stopping: {self._setup_failures} workers in a row could not start because "
+                "setup_worker raised (see its traceback above). Fix it, then run again with "
+                "--resume"
+            )
+            self.request_stop("setup_worker failed")
 
     def _on_timed_out(self, task: Task, index: int, seconds: float) -> None:
         """Charge the job that ran past --job-timeout; the rest of its batch runs again."""
@@ -624,13 +640,18 @@ class Coordinator:
         s.interrupted = self.stopping is not None and self.io_error is None
         if self.io_error is not None:
             s.exit_code = self.io_error.exit_code
-        elif self.source.error is not None or self.stopping and "max-failures" in self.stopping:
+        elif self.source.error is not None or _stopped_by_failures(self.stopping):
             s.exit_code = EXIT_FAILED
         elif self.stopping:
             s.exit_code = EXIT_INTERRUPTED
         else:
             s.exit_code = EXIT_FAILED if self.ledger.failed else EXIT_OK
         return s
+
+
+def _stopped_by_failures(why: str | None) -> bool:
+    """Stops that end a run as failed (exit 1), not as interrupted."""
+    return why is not None and ("max-failures" in why or why == "setup_worker failed")
 
 
 def _storable(job: Any) -> bool:

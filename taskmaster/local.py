@@ -27,7 +27,7 @@ from .messages import (
     TaskSent,
     WorkerLost,
 )
-from .worker import EXIT_PARENT_GONE, EXIT_TIMEOUT, WorkerSpec, worker_main
+from .worker import EXIT_PARENT_GONE, EXIT_SETUP_FAILED, EXIT_TIMEOUT, WorkerSpec, worker_main
 
 _CAUSES = {
     signal.SIGKILL: "the OOM killer, or someone ran kill -9",
@@ -55,6 +55,8 @@ def describe_exit(exitcode: int | None) -> str:
         return "was stopped because a job ran past --job-timeout"
     if exitcode == EXIT_PARENT_GONE:
         return "lost its parent"
+    if exitcode == EXIT_SETUP_FAILED:
+        return "could not start: setup_worker raised (its traceback is above)"
     return (
         f"exited with code {exitcode} (the handler called os._exit(), or sys.exit() outside a job?)"
     )
@@ -161,12 +163,14 @@ class LocalTransport:
         self.lost += 1
         if not handle.stopping:
             self._spawn()
+        setup_failed = handle.process.exitcode == EXIT_SETUP_FAILED
         return WorkerLost(
             handle.worker_id,
             handle.process.pid or 0,
             held,
             describe_exit(handle.process.exitcode),
-            queued=self._never_started(held),
+            queued=held if setup_failed else self._never_started(held),
+            setup_failed=setup_failed,
         )
 
     def _never_started(self, held: tuple[int, ...]) -> tuple[int, ...]:

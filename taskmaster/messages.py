@@ -61,6 +61,7 @@ class WorkerLost:
 
     ``queued`` lists the held batches the worker had certainly not started (waiting in its
     local queue): they did not cause the death, so they run again uncharged.
+    ``setup_failed``: the worker died in ``setup_worker``, before taking any batch.
     """
 
     worker_id: int
@@ -68,6 +69,7 @@ class WorkerLost:
     task_ids: tuple[int, ...]
     reason: str
     queued: tuple[int, ...] = ()
+    setup_failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from .messages import BatchDone, BatchUnreadable, JobFailed, JobTimedOut, Stop, 
 
 EXIT_TIMEOUT = 3  # the worker exits with this after reporting a JobTimedOut
 EXIT_PARENT_GONE = 4
+EXIT_SETUP_FAILED = 5  # setup_worker raised: the worker never took a batch
 WATCHDOG_GRACE = 1.0  # seconds past --job-timeout and a poll before SIGALRM ends a stuck worker
 
 
@@ -295,7 +296,12 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, close_fds: 
     if spec.job_timeout is not None:  # the watchdog's SIGALRM: dump the stacks, then die of it
         faulthandler.register(signal.SIGALRM, file=sys.stderr, all_threads=True, chain=True)
     if spec.setup is not None:
-        spec.setup()
+        try:
+            spec.setup()
+        except BaseException:
+            traceback.print_exc()  # the user's own traceback, then a death the parent knows
+            sys.stderr.flush()
+            os._exit(EXIT_SETUP_FAILED)
     worker = Worker(conn, spec)
     if spec.is_async:
         worker.run_async()

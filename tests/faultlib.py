@@ -72,6 +72,11 @@ def get_jobs(last=0, **kwargs):
         yield MAKE_BAD[FAULT]() if i in BAD and FAULT in MAKE_BAD else i
 
 
+def setup_worker():
+    if os.environ.get("TM_SETUP_FAILS"):
+        raise ConnectionError("the database is down")
+
+
 def handle_job(job):
     if SLEEP and not (FAST_FILE and os.path.exists(FAST_FILE)):
         time.sleep(SLEEP)

@@ -298,6 +298,24 @@ def test_job_timeout_charges_only_the_hung_job(fault_job: Job) -> None:
     assert_no_loss(job, 12)
 
 
+def test_workers_that_cannot_start_stop_the_run(fault_job: Job) -> None:
+    """setup_worker raises in every new worker: the run must stop, not replace workers
+    forever, and no job may be charged for it."""
+    job = fault_job
+    result = job.run("2", TM_N="50", TM_SETUP_FAILS="1")
+    err = result.stderr
+    assert result.returncode == 1, err
+    assert "ConnectionError: the database is down" in err  # the user's traceback
+    assert "could not start: setup_worker raised" in err
+    assert "workers in a row could not start" in err and "--resume" in err
+    assert job.failures() == [] and not job.counts()
+    assert assert_checkpoint_safe(job) == 0
+    resumed = job.run("2", "--resume", TM_N="50")
+    assert resumed.returncode == 0, resumed.stderr
+    counts = job.counts()
+    assert sorted(counts) == list(range(50)) and set(counts.values()) == {1}
+
+
 # -- retries and failure limits -------------------------------------------------------------
 
 
