@@ -6,13 +6,15 @@ makes job 7 (of 30) misbehave one way and states what the run must end with.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 import pytest
@@ -432,6 +434,59 @@ def test_state_folder_deleted_mid_run(fault_job: Job) -> None:
     assert p.returncode == 74, err
     assert f"writing the checkpoint {path} failed: No such file or directory" in err, err
     assert "Traceback" not in err
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path) -> Iterator[None]:
+    """A 64 KiB tmpfs mounted on ``folder`` (root only), unmounted afterwards."""
+    folder.mkdir()
+    mount = shutil.which("mount")
+    if os.geteuid() != 0 or mount is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run([mount, "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)])
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs was refused here")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the file system of ``folder`` to the last byte with one ballast file."""
+    ballast = folder / "ballast"
+    with open(ballast, "wb", buffering=0) as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0")
+    return ballast
+
+
+def test_disk_full_mid_run(fault_job: Job) -> None:
+    job = fault_job
+    folder = job.folder / "state"
+    path = folder / "jobs.state.json"
+    args = ("2", "--state-file", str(path), "--checkpoint-every", "0.05")
+    with small_tmpfs(folder):
+        with started(job, *args, **SLOW) as proc:
+            wait_until(lambda: ledger_lines(job) >= 200, 20, "200 jobs done")
+            before = path.read_bytes()
+            ballast = fill(folder)
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 74, err
+        assert f"writing the checkpoint {path} failed: No space left on device" in err, err
+        assert "Traceback" not in err
+        kept = path.read_bytes()
+        assert checkpoint.decode(kept).watermark >= checkpoint.decode(before).watermark
+        assert_checkpoint_safe(job)
+        assert not [p.name for p in folder.iterdir() if ".tmp." in p.name]
+        ballast.unlink()  # space is back: the resume finishes the run
+        result = job.run(*args, "--resume", **SLOW)
+        assert result.returncode == 0, result.stderr
+    assert_no_loss(job, 3000)
 
 
 STRACE = shutil.which("strace")
