@@ -4,7 +4,6 @@ import taskmaster
 stats = taskmaster.run(get_jobs, handle_job, workers=4, state_file="jobs.state.json")
 """
 
-from .coordinator import RunStats
 from .errors import (
     CheckpointError,
     GeneratorError,
@@ -16,6 +15,7 @@ from .errors import (
 )
 from .options import Options
 from .runner import run
+from .stats import RunStats
 
 __all__ = [
     "run",

@@ -8,13 +8,13 @@ from typing import Any
 import click
 
 from .codec import short_repr
-from .coordinator import RunStats
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, GeneratorError, TaskmasterError, UsageError
 from .options import default_workers, parse_rate
 from .progress import PlainReporter, RichReporter
 from .replay import retry_failed
 from .runner import default_state_file, failures_file_for, run
 from .source import call_get_jobs
+from .stats import RunStats
 from .status import find_state_file, read_status, render
 from .target import load_target, parse_kwargs
 

@@ -28,12 +28,12 @@ from .cli import (
     _reporter,
     run_command,
 )
-from .coordinator import RunStats
 from .errors import EXIT_USAGE, GeneratorError, TaskmasterError, UsageError
 from .options import Options, parse_rate
 from .replay import retry_failed
 from .runner import default_state_file, make_local_transport, run
 from .spawn import supervise
+from .stats import RunStats
 from .target import load_target, parse_kwargs
 
 INSTALL_HINT = "pip install 'taskmaster-runner[zmq]'"

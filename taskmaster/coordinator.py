@@ -21,13 +21,13 @@ import heapq
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from . import codec, failpoints
 from .checkpoint import Anchor, State
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, GeneratorError, StateIOError
-from .failures import FailureLog, FailureRecord, make_record
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, StateIOError
+from .failures import FailureLog, make_record
 from .ledger import Ledger, Unit
 from .messages import (
     BatchDone,
@@ -42,6 +42,7 @@ from .messages import (
 from .options import Options
 from .ratelimit import TokenBucket
 from .source import JobSource
+from .stats import Reporter, RunStats, Snapshot, StateSink
 
 BATCH_SECONDS = 0.05  # aim for batches of about this much work: short jobs batch, long do not
 MAX_BATCH = 4096
@@ -65,69 +66,6 @@ class Task:
     hi: int
     attempt: int  # 1 for a first run; every charged loss or failure adds one
     not_before: float = 0.0
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """What the progress display shows."""
-
-    done: int
-    failed: int
-    retried: int
-    in_flight: int
-    watermark: int
-    done_this_run: int
-    elapsed: float
-    workers_lost: int
-    stopping: bool
-    total: int | None = None  # jobs in the whole run, when known
-
-    @property
-    def rate(self) -> float:
-        return self.done_this_run / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def eta(self) -> float | None:
-        """Seconds left at this run's rate, when the total is known."""
-        if self.total is None or self.rate <= 0:
-            return None
-        return max(0, self.total - self.done - self.failed) / self.rate
-
-
-@dataclass(slots=True)
-class RunStats:
-    """What a run did; ``taskmaster.run`` returns it."""
-
-    done: int = 0  # all runs together
-    failed: int = 0
-    done_this_run: int = 0
-    failed_this_run: int = 0
-    retried: int = 0
-    skipped: int = 0  # resolved by a previous run above its watermark
-    workers_lost: int = 0
-    elapsed: float = 0.0
-    watermark: int = 0
-    finished: bool = False
-    interrupted: bool = False
-    exit_code: int = EXIT_OK
-    state_file: str | None = None
-    failures_file: str | None = None
-    failure_records: list[FailureRecord] = field(default_factory=list)
-    generator_error: GeneratorError | None = None
-
-    @property
-    def rate(self) -> float:
-        return self.done_this_run / self.elapsed if self.elapsed > 0 else 0.0
-
-
-class Reporter(Protocol):
-    def message(self, text: str) -> None: ...
-
-    def tick(self, snap: Snapshot) -> None: ...
-
-
-class StateSink(Protocol):
-    def write(self, state: State) -> None: ...
 
 
 class Coordinator:

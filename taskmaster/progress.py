@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from .coordinator import RunStats, Snapshot
+from .stats import RunStats, Snapshot
 
 
 def duration(seconds: float | None) -> str:

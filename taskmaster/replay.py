@@ -15,7 +15,6 @@ from typing import Any
 
 from . import checkpoint, codec
 from .checkpoint import State, StateLock
-from .coordinator import Reporter, RunStats
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from .failures import FailureLog, FailureRecord, read_records
 from .ledger import Ledger
@@ -29,6 +28,7 @@ from .runner import (
     validate_options,
 )
 from .source import JobSource
+from .stats import Reporter, RunStats
 
 
 def _load(path: str) -> list[FailureRecord]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import checkpoint
 from .checkpoint import State, StateLock
-from .coordinator import Coordinator, Reporter, RunStats, Snapshot, StateSink
+from .coordinator import Coordinator
 from .errors import CheckpointError, UsageError
 from .failures import FailureLog
 from .ledger import Ledger
@@ -29,6 +29,7 @@ from .local import LocalTransport
 from .messages import Transport
 from .options import Options
 from .source import JobSource, check_kwargs, open_source
+from .stats import Reporter, RunStats, Snapshot, StateSink
 from .worker import WorkerSpec
 
 
