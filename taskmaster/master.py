@@ -85,6 +85,7 @@ class ZmqMasterTransport:
         self._kill = False
         self._finished = False
         self._farewell_started = False  # from then on, a slave that says hello is told to stop
+        self._awaiting_bye: set[str] = set()  # senders told to stop, until they say goodbye
 
     @property
     def beat_every(self) -> float:
@@ -158,11 +159,12 @@ class ZmqMasterTransport:
     # -- after the run --------------------------------------------------------------------
 
     def farewell(self, finished: bool) -> None:
-        """Tell the slaves how the run ended, then close the socket.
+        """Tell the slaves how the run ended, wait (a little) for their goodbyes, close.
 
-        Finished: they exit (and the master waits a little for their goodbyes). Otherwise
-        they wait for a master to come back (``--resume``); with ``kill``, they first stop
-        the jobs this run gave them.
+        Finished: they exit; a slave that says hello meanwhile is told too. Otherwise they
+        wait for a master to come back (``--resume``); with ``kill``, they first stop the
+        jobs this run gave them. The master waits for the goodbyes because a slave drops
+        what it has not read yet when the connection closes (its socket is IMMEDIATE).
         """
         self._closing = True
         if self._sock is None or self._ctx is None:
@@ -170,9 +172,9 @@ class ZmqMasterTransport:
         self._finished = finished
         self._farewell_started = True
         for slave in list(self.roster.slaves.values()):
-            self._send_stop(slave.routing)
-        deadline = self.clock() + (FAREWELL_SECONDS if finished else 0.0)
-        while self.roster.slaves and self.clock() < deadline:
+            self._send_stop(slave.sender, slave.routing)
+        deadline = self.clock() + FAREWELL_SECONDS
+        while self._awaiting_bye and self.clock() < deadline:
             if self._sock.poll(100):
                 self._drain([])
         self._sock.close(linger=1000)
@@ -185,9 +187,13 @@ class ZmqMasterTransport:
             self._auth.stop()
             self._auth = None
 
-    def _send_stop(self, routing: bytes) -> None:
-        body = {"finished": self._finished, "kill": self._kill}
-        self._send_to(routing, self._sealer.seal("stop", self.run_id, body))
+    def _send_stop(self, sender: str, routing: bytes, nonce: str | None = None) -> None:
+        """``nonce``: to a slave not in this run, which only believes a stop for its hello."""
+        body: dict[str, object] = {"finished": self._finished, "kill": self._kill}
+        if nonce is not None:
+            body["nonce"] = nonce
+        if self._send_to(routing, self._sealer.seal("stop", self.run_id, body)):
+            self._awaiting_bye.add(sender)
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -243,11 +249,10 @@ class ZmqMasterTransport:
 
     def _dispatch(self, msg: wire.Message, routing: bytes, peer: str, events: list[Event]) -> None:
         if msg.kind == "hello":
-            known = self.roster.slaves.get(msg.sender)
-            if known is not None:  # it lost touch with us (we stalled?) but is alive
-                known.last_seen, known.routing = self.clock(), routing
             self._on_hello(msg, routing)
             return
+        if msg.kind == "bye":
+            self._awaiting_bye.discard(msg.sender)
         if msg.run != self.run_id:
             # From a slave of an earlier master (this one restarted): it must say hello again.
             if msg.kind != "bye":
@@ -278,9 +283,7 @@ class ZmqMasterTransport:
     def _admit(self, sender: str, routing: bytes, peer: str) -> SlaveRecord | None:
         """A slave's first frame in this run (after its hello, or back after being lost)."""
         if self._closing:
-            if self._farewell_started:
-                self._send_stop(routing)
-            return None
+            return None  # it joins the next master, or hears of the end on its next hello
         slave = self.roster.join(sender, routing, peer, self.clock())
         self.log(f"{slave.name} joined from {peer}")
         return slave
@@ -288,9 +291,12 @@ class ZmqMasterTransport:
     def _on_hello(self, msg: wire.Message, routing: bytes) -> None:
         body = Body(msg.body)
         nonce = body.text("nonce")
+        known = self.roster.slaves.get(msg.sender)
+        if known is not None:  # it lost touch with us (we stalled?) but is alive
+            known.last_seen, known.routing = self.clock(), routing
         if self._closing:
-            if self._farewell_started:
-                self._send_stop(routing)  # the run is over: a latecomer is told at once
+            if self._farewell_started and self._finished:
+                self._send_stop(msg.sender, routing, nonce)  # a latecomer learns of the end
             return
         self.roster.hello(msg.sender, body)
         welcome = {

@@ -89,7 +89,8 @@ class Slave:
         self.welcomed = False
         self.tasks: dict[int, tuple[str, int]] = {}  # local task id -> (run, master task id)
         self._next_local = 0
-        self.outbox: collections.deque[list[bytes]] = collections.deque()
+        # (kind, run, body) in order; sealed only when sent, so seqs reach the master in order
+        self.outbox: collections.deque[tuple[str, str | None, dict[str, Any]]] = collections.deque()
         self.last_sent = 0.0
         self.leaving = False
         self.leave_acked = False
@@ -198,12 +199,14 @@ class Slave:
         full = dict(body or {})
         if kind != "bye":
             full["status"] = self._status()
-        self.outbox.append(self._sealer.seal(kind, self.run_id, full))
+        self.outbox.append((kind, self.run_id, full))
         self.last_sent = self.clock()
 
     def _flush(self) -> None:
         while self.outbox:
-            if not self._send_now(self.outbox[0]):
+            # Sealed now, not when queued: a hello sent meanwhile must not get a lower seq
+            # than a frame that leaves after it, or the master would drop that as a replay.
+            if not self._send_now(self._sealer.seal(*self.outbox[0])):
                 return
             self.outbox.popleft()
 
@@ -304,6 +307,9 @@ class Slave:
             if not self.seeking:
                 self._seek("the master does not know this slave (it restarted?); joining again")
             return
+        if msg.kind == "stop" and self.seeking and body.text("nonce", "") == self.nonce:
+            self._on_stop(body)  # the answer to our hello: the run ended before we joined
+            return
         if msg.run != self.run_id or self.run_id is None:
             return  # from another run of the master: stale
         self.heard = self.clock()
@@ -343,8 +349,8 @@ class Slave:
         self.local.send(task)
 
     def _on_stop(self, body: Body) -> None:
+        self._queue("bye")  # the master waits for it before it closes
         if body.flag("finished"):
-            self._queue("bye")
             self._flush()
             raise SlaveExit(EXIT_OK, "the master finished the run; leaving")
         if body.flag("kill"):

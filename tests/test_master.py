@@ -6,6 +6,7 @@ assigned to says so, once, while the assignment is open.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,7 +15,6 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
-from conftest import wait_until  # noqa: E402
 
 from taskmaster import master as master_module  # noqa: E402
 from taskmaster import wire  # noqa: E402
@@ -99,8 +99,9 @@ def address() -> str:
 
 @pytest.fixture
 def setup(
-    address: str, request: pytest.FixtureRequest
+    address: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Master, Callable[[str], Slave]]]:
+    monkeypatch.setattr(master_module, "FAREWELL_SECONDS", 0.1)  # hand-driven slaves never bye
     ctx = zmq.Context()
     master = Master(address, heartbeat_timeout=getattr(request, "param", 5.0))
     slaves: list[Slave] = []
@@ -228,17 +229,19 @@ def test_a_finished_master_stops_its_slaves_and_latecomers(address: str) -> None
     ctx = zmq.Context()
     master = Master(address, heartbeat_timeout=5)
     joined, late = Slave(ctx, master, "joined", address), Slave(ctx, master, "late", address)
+    farewell = threading.Thread(target=master.transport.farewell, args=(True,))
     try:
         joined.join()
         master.transport.close()
-        late.send("hello", {"nonce": "n"})
-        wait_until(lambda: master.transport._sock is not None, 1)
-        # farewell waits for the goodbyes; the late slave says hello during it
-        master.transport.farewell(finished=True)
-        for slave in (joined, late):
+        late.send("hello", {"nonce": "n"})  # read by the master during its farewell
+        farewell.start()  # the master's socket is used by that thread alone from now on
+        for slave, extra in ((joined, {}), (late, {"nonce": "n"})):
             assert slave.sock.poll(2000)
             msg = slave.opener.open(slave.sock.recv_multipart())
-            assert msg.kind == "stop" and msg.body == {"finished": True, "kill": False}
+            assert msg.kind == "stop" and msg.body == {"finished": True, "kill": False, **extra}
+            slave.send("bye")
+        farewell.join(10)
+        assert not farewell.is_alive() and master.transport._sock is None
     finally:
         joined.sock.close()
         late.sock.close()

@@ -81,7 +81,8 @@ class Remote:
         self.job = job
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
-        self.env = {**job.env, wire.SECRET_ENV: SECRET}
+        # PYTHONFAULTHANDLER: a process that hangs is sent SIGABRT and dumps its stacks.
+        self.env = {**job.env, wire.SECRET_ENV: SECRET, "PYTHONFAULTHANDLER": "1"}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, command: str, *extra: str, name: str, **env: str) -> subprocess.Popen[bytes]:
@@ -115,9 +116,13 @@ class Remote:
         )
 
     def exit_code(self, name: str, timeout: float = 20) -> int:
+        proc = self.procs[name]
         try:
-            return self.procs[name].wait(timeout)
+            return proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
             pytest.fail(f"{name} still running after {timeout} s:\n{self.log(name)}")
 
     def close(self) -> None:
@@ -160,6 +165,7 @@ def test_master_and_two_spawned_slaves_run_every_job_exactly_once(remote: Remote
     state = remote.job.checkpoint()
     assert state["finished"] is True and state["done"] == n and state["watermark"] == n
     assert "the master finished the run" in remote.log("spawn")
+    assert "dropped" not in remote.log("master") + remote.log("spawn")
     assert SECRET not in remote.log("master") + remote.log("spawn")
     assert SECRET not in remote.job.state.read_text()
 
@@ -193,7 +199,7 @@ def test_a_master_stalled_in_get_jobs_keeps_its_slaves(remote: Remote) -> None:
     assert remote.exit_code("master") == 0, remote.log("master")
     assert remote.exit_code("slave") == 0, remote.log("slave")
     assert "back in touch" in remote.log("slave")
-    assert "went silent" not in remote.log("master")
+    assert "went silent" not in remote.log("master") and "dropped" not in remote.log("master")
     assert_exactly_once(remote.job, n)
 
 
@@ -281,6 +287,25 @@ def test_kill_9_of_the_master_then_resume_with_the_slaves_still_running(remote: 
     assert_no_loss(remote.job, n)
     state = remote.job.checkpoint()
     assert state["finished"] is True and state["done"] == n
+
+
+def test_ctrl_c_on_the_master_then_resume_with_the_same_slaves(remote: Remote) -> None:
+    n = 1500
+    master = remote.start("master", name="master", TM_N=str(n))
+    remote.start("spawn", "2", name="spawn", TM_SLEEP="0.002")
+    remote.wait_log("master", "joined", count=2)
+    wait_until(lambda: sum(remote.job.counts().values()) > 100, 15, "jobs to run")
+    os.kill(master.pid, signal.SIGINT)
+    assert remote.exit_code("master") == 130, remote.log("master")
+    remote.wait_log("spawn", "the master stopped before the run finished", count=2)
+    assert_checkpoint_safe(remote.job)
+    remote.start("master", "--resume", name="master2", TM_N=str(n))
+    assert remote.exit_code("master2") == 0, remote.log("master2")
+    assert remote.exit_code("spawn") == 0, remote.log("spawn")
+    assert_exactly_once(remote.job, n)  # Ctrl-C let the jobs in flight finish: none repeats
+    assert "dropped" not in remote.log("master") + remote.log("master2")
+    assert remote.log("master").count(" left") == 2  # both said goodbye before it closed
+    assert remote.job.checkpoint()["finished"] is True
 
 
 def test_ctrl_c_on_a_slave_finishes_its_jobs_and_leaves(remote: Remote) -> None:
