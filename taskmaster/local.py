@@ -1,21 +1,29 @@
 """The local transport: forked worker processes, one duplex pipe each.
 
 No queue is shared between workers: a worker SIGKILLed while holding a shared queue's lock
-would wedge the others. The parent waits on every pipe and every process sentinel at once
-(``multiprocessing.connection.wait``), so it learns of a death the moment it happens and
-knows exactly which batches the dead worker held. It then starts a replacement.
+would wedge the others. The parent waits on every pipe and every process sentinel at once,
+so it learns of a death the moment it happens and knows exactly which batches the dead
+worker held. It then starts a replacement.
+
+The parent never blocks writing to a worker: a worker whose job holds the GIL stops reading
+its pipe, and a blocked write would stall every other worker's results and Ctrl-C with it.
+What a pipe does not take at once waits in the worker's outbox until it is writable.
 """
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import dataclasses
+import itertools
 import multiprocessing
 import os
 import pickle
+import selectors
 import signal
+import socket
+import struct
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from .messages import (
@@ -62,13 +70,23 @@ def describe_exit(exitcode: int | None) -> str:
     )
 
 
+def _framed(data: bytes) -> tuple[bytes, bytes]:
+    """``data`` framed as ``Connection.send_bytes`` frames it, for the worker's recv_bytes."""
+    size = len(data)
+    if size > 0x7FFFFFFF:
+        return struct.pack("!iQ", -1, size), data
+    return struct.pack("!i", size), data
+
+
 @dataclass(slots=True, eq=False)
 class _Handle:
     worker_id: int
     process: BaseProcess
-    conn: Connection
+    conn: Connection  # the parent reads the worker's results from it
+    sock: socket.socket  # the same pipe, for writes that never block
     # task ids in the order they were sent; a dict keeps that order, unlike a set
     held: dict[int, None] = field(default_factory=dict)
+    outbox: collections.deque[memoryview] = field(default_factory=collections.deque)
     stopping: bool = False
 
 
@@ -95,7 +113,11 @@ class LocalTransport:
         worker_id = self._next_id
         self._next_id += 1
         parent_end, child_end = self._ctx.Pipe(duplex=True)
-        inherited = [h.conn.fileno() for h in self._workers.values()] + [parent_end.fileno()]
+        # other workers' pipe ends (both handles on each) and this one's: see worker_main
+        inherited = [
+            fd for h in self._workers.values() for fd in (h.conn.fileno(), h.sock.fileno())
+        ]
+        inherited.append(parent_end.fileno())
         process = self._ctx.Process(
             target=worker_main,
             args=(child_end, self.spec, os.getpid(), inherited),
@@ -104,7 +126,8 @@ class LocalTransport:
         )
         process.start()
         child_end.close()
-        self._workers[worker_id] = _Handle(worker_id, process, parent_end)
+        sock = socket.socket(fileno=os.dup(parent_end.fileno()))
+        self._workers[worker_id] = _Handle(worker_id, process, parent_end, sock)
 
     def pids(self) -> list[int]:
         return [h.process.pid for h in self._workers.values() if h.process.pid is not None]
@@ -118,25 +141,57 @@ class LocalTransport:
             key=lambda h: self.slots_each - len(h.held),
         )
         handle.held[task.task_id] = None
-        # A worker that died mid-send is reported by its sentinel, with this batch.
         # Header and payload go as two messages so the payload is never copied into a pickle.
         header = pickle.dumps(dataclasses.replace(task, payload=b""), protocol=5)
-        with contextlib.suppress(OSError):
-            handle.conn.send_bytes(header)
-            handle.conn.send_bytes(task.payload)
+        self._post(handle, *_framed(header), *_framed(task.payload))
+
+    def _post(self, handle: _Handle, *parts: bytes) -> None:
+        handle.outbox.extend(memoryview(part) for part in parts)
+        self._flush(handle)
+
+    def _flush(self, handle: _Handle) -> None:
+        """Write what the worker's pipe takes now; the rest waits for it to be writable."""
+        outbox = handle.outbox
+        while outbox:
+            try:
+                sent = handle.sock.sendmsg(
+                    list(itertools.islice(outbox, 64)), [], socket.MSG_DONTWAIT
+                )
+            except BlockingIOError:
+                return
+            except OSError:  # the worker died: its sentinel reports it, with its batches
+                outbox.clear()
+                return
+            while sent and outbox:
+                if len(outbox[0]) <= sent:
+                    sent -= len(outbox.popleft())
+                else:
+                    outbox[0] = outbox[0][sent:]
+                    sent = 0
 
     def wait(self, timeout: float | None, wake_fds: list[int]) -> list[Event]:
-        by_conn = {h.conn: h for h in self._workers.values()}
-        by_sentinel = {h.process.sentinel: h for h in self._workers.values()}
-        ready = wait([*by_conn, *by_sentinel, *wake_fds], timeout)
+        with selectors.PollSelector() as selector:
+            for h in self._workers.values():
+                selector.register(h.conn, selectors.EVENT_READ, h)
+                selector.register(h.process.sentinel, selectors.EVENT_READ, h)
+                if h.outbox:
+                    selector.register(h.sock, selectors.EVENT_WRITE, h)
+            for fd in wake_fds:
+                selector.register(fd, selectors.EVENT_READ, None)
+            ready = selector.select(timeout)
         events: list[Event] = []
         dead: list[_Handle] = []
-        for obj in ready:
-            if obj in by_conn:
-                if not self._drain(by_conn[obj], events):
-                    dead.append(by_conn[obj])
-            elif obj in by_sentinel:
-                dead.append(by_sentinel[obj])
+        for key, _ in ready:
+            handle = key.data
+            if handle is None:
+                continue  # a wake fd: the caller reads it
+            if key.fileobj is handle.sock:
+                self._flush(handle)
+            elif key.fileobj is handle.conn:
+                if not self._drain(handle, events):
+                    dead.append(handle)
+            else:
+                dead.append(handle)  # its sentinel
         for handle in dict.fromkeys(dead):
             self._drain(handle, events)  # results it sent before dying still count
             events.append(self._bury(handle))
@@ -158,6 +213,8 @@ class LocalTransport:
     def _bury(self, handle: _Handle) -> Event:
         handle.process.join(timeout=5)
         handle.conn.close()
+        handle.sock.close()
+        handle.outbox.clear()
         del self._workers[handle.worker_id]
         held = tuple(handle.held)
         self.lost += 1
@@ -196,14 +253,14 @@ class LocalTransport:
             if kill and handle.process.pid:
                 os.kill(handle.process.pid, signal.SIGKILL)
             else:
-                with contextlib.suppress(OSError):
-                    handle.conn.send_bytes(pickle.dumps(Stop()))
+                self._post(handle, *_framed(pickle.dumps(Stop())))
         for handle in list(self._workers.values()):
             handle.process.join(timeout=5 if kill else 30)
             if handle.process.is_alive() and handle.process.pid:
                 os.kill(handle.process.pid, signal.SIGKILL)
                 handle.process.join()
             handle.conn.close()
+            handle.sock.close()
         self._workers.clear()
 
 

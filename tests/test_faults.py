@@ -274,6 +274,25 @@ def test_killing_idle_workers_while_get_jobs_is_slow(fault_job: Job) -> None:
     assert_no_loss(job, 30)
 
 
+def test_a_worker_stuck_holding_the_gil_stalls_nothing_else(fault_job: Job) -> None:
+    """No --job-timeout: the stuck worker stops reading its pipe. Big batches must not block
+    the parent writing to it, or the other worker starves and Ctrl-C goes unheard."""
+    job = fault_job
+    stuck = {"TM_N": "400", "TM_PAD": "50000", "TM_FAULT": "hang_holding_the_gil", "TM_BAD": "3"}
+    with started(job, "2", "--batch-size", "64", **stuck) as proc:  # batches of 3.2 MB
+        wait_for_run(proc, lambda: len(job.counts()) >= 250, 20, "the other worker's jobs")
+        kill_group(proc, signal.SIGINT)
+        assert proc.stderr is not None
+        assert "stopping" in proc.stderr.readline()
+        kill_group(proc, signal.SIGINT)  # job 3 will never end: stop at once
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert_checkpoint_safe(job)
+    resumed = job.run("2", "--resume", TM_N="400", TM_PAD="50000")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_no_loss(job, 400)
+
+
 def test_job_timeout_charges_only_the_hung_job(fault_job: Job) -> None:
     """The other thread's job and the queued one die with the worker, uncharged: with
     --retries 0 a charge would fail them."""
