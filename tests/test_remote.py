@@ -481,6 +481,17 @@ def test_a_slave_with_no_master_to_find_gives_up_clearly(remote: Remote) -> None
     assert "attempt 1 of 2" in remote.log("slave")
 
 
+def test_a_slave_whose_master_vanished_gives_up_after_its_retries(remote: Remote) -> None:
+    master = remote.start("master", "--heartbeat-timeout", "0.5", name="master", TM_N="100000")
+    remote.start("slave", "--timeout", "0.5", "--retries", "1", name="slave", TM_SLEEP="0.001")
+    remote.wait_log("master", "joined")
+    os.kill(master.pid, signal.SIGKILL)
+    master.wait()
+    assert remote.exit_code("slave") == 1, remote.log("slave")
+    assert "the master went silent" in remote.log("slave")
+    assert "attempt 1 of 2" in remote.log("slave") and "giving up" in remote.log("slave")
+
+
 def test_a_master_refuses_a_slave_of_another_protocol_version(remote: Remote) -> None:
     remote.start("master", name="master", TM_N="10")
     remote.wait_log("master", "listening")
