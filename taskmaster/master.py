@@ -29,14 +29,8 @@ from zmq.auth.thread import ThreadAuthenticator
 from . import curve, wire
 from .curve import CurveKeys
 from .errors import UsageError
-from .messages import (
-    BatchDone,
-    BatchUnreadable,
-    Event,
-    JobTimedOut,
-    TaskSent,
-)
-from .remote import Body, MalformedBody, readable, router_socket, status_of
+from .messages import BatchUnreadable, Event, TaskSent
+from .remote import Body, MalformedBody, readable, result_event, router_socket, status_of
 from .roster import Roster, SlaveRecord
 
 HEARTBEATS_PER_TIMEOUT = 5
@@ -315,7 +309,7 @@ class ZmqMasterTransport:
                 events.append(self.roster.worker_lost(slave, body))
             return
         task_id = body.integer("task")
-        event = _result_event(kind, task_id, body)  # a malformed body fails before any change
+        event = result_event(kind, task_id, body)  # a malformed body fails before any change
         if kind == "timed_out":  # the WorkerLost that follows closes the assignment
             if self.roster.holds(slave, task_id):
                 events.append(event)
@@ -391,12 +385,3 @@ class ZmqMasterTransport:
         )
         self._limited(f"version {peer}", f"refused a slave: {reason}")
         self._send_to(routing, self._sealer.seal("refused", self.run_id, {"reason": reason}))
-
-
-def _result_event(kind: str, task_id: int, body: Body) -> Event:
-    if kind == "done":
-        failures = tuple(body.failures("failures"))
-        return BatchDone(task_id, body.number("elapsed"), failures)
-    if kind == "unreadable":
-        return BatchUnreadable(task_id, body.text("error"), body.text("traceback"))
-    return JobTimedOut(task_id, body.integer("index"), body.number("seconds"))

@@ -10,13 +10,16 @@ slave -> master
     ``unreadable`` {task, error, traceback}: its worker could not decode the batch.
     ``timed_out`` {task, index, seconds}: a job ran past --job-timeout.
     ``worker_lost`` {tasks, queued, worker, pid, reason}: a local worker died.
-    ``leave`` {}: Ctrl-C; no more batches please. ``bye`` {}: gone.
+    ``leave`` {}: Ctrl-C; no more batches please. ``bye`` {}: gone (also the answer to
+    every ``stop``: the master waits for it, since closing first would lose the stop).
 
 master -> slave
     ``welcome`` {nonce, heartbeat, timeout, target}: echoes the slave's nonce; its run id
     is the session. ``task`` {task, first, count, codec} + the jobs as payload.
     ``heartbeat`` {}. ``leave_ok`` {}. ``rejoin`` {}: an unknown run; say hello again.
-    ``stop`` {finished, kill}. ``refused`` {reason}: e.g. a protocol mismatch.
+    ``stop`` {finished, kill[, nonce]}: the run ended (finished: exit) or was interrupted
+    (wait for a new master; kill: end this run's jobs first); with the nonce of a hello
+    when the slave never joined. ``refused`` {reason}: e.g. a protocol mismatch.
 
 ``status`` = {ack: the last master seq seen, free: free batch slots, held: master task ids
 still held}. The master derives the credit from it and notices batches lost on the way.
@@ -136,6 +139,15 @@ def result_body(
         error, tb = event.error[:10_000], event.traceback[-20_000:]
         return "unreadable", {"task": task, "error": error, "traceback": tb}
     return "timed_out", {"task": task, "index": event.index, "seconds": event.seconds}
+
+
+def result_event(kind: str, task_id: int, body: Body) -> BatchDone | BatchUnreadable | JobTimedOut:
+    """The event a slave's ``done``, ``unreadable`` or ``timed_out`` body stands for."""
+    if kind == "done":
+        return BatchDone(task_id, body.number("elapsed"), tuple(body.failures("failures")))
+    if kind == "unreadable":
+        return BatchUnreadable(task_id, body.text("error"), body.text("traceback"))
+    return JobTimedOut(task_id, body.integer("index"), body.number("seconds"))
 
 
 def fit_failures(failures: tuple[JobFailed, ...], budget: int = FAILURE_BUDGET) -> list[list[Any]]:
