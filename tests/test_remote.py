@@ -155,9 +155,25 @@ def assert_exactly_once(job: Job, n: int) -> None:
 def test_master_and_two_spawned_slaves_run_every_job_exactly_once(remote: Remote) -> None:
     n = 3000
     gate = remote.job.folder / "go"
+    secret_file = remote.job.folder / "tm.secret"
+    secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o600)
     remote.start("master", "--checkpoint-every", "0.2", name="master", TM_N=str(n))
-    remote.start("spawn", "2", "--threads", "2", name="spawn", TM_GATE=str(gate))
+    spawn = remote.start(
+        "spawn",
+        "2",
+        "--threads",
+        "2",
+        "--secret-file",
+        str(secret_file),
+        name="spawn",
+        TM_GATE=str(gate),
+        TASKMASTER_SECRET="",
+    )
     remote.wait_log("master", "joined", count=2)
+    for slave in psutil.Process(spawn.pid).children():  # tm-spawn passed it by environment
+        cmdline = slave.cmdline()
+        assert SECRET not in " ".join(cmdline) and "--secret-file" not in cmdline
     gate.touch()
     assert remote.exit_code("master") == 0, remote.log("master")
     assert remote.exit_code("spawn") == 0, remote.log("spawn")
