@@ -22,7 +22,7 @@ from typing import Any
 from . import checkpoint
 from .checkpoint import State, StateLock
 from .coordinator import Coordinator
-from .errors import CheckpointError, UsageError
+from .errors import EXIT_INTERRUPTED, CheckpointError, UsageError
 from .failures import FailureLog
 from .ledger import Ledger
 from .local import LocalTransport
@@ -195,9 +195,18 @@ def execute(
     reporter: Reporter,
 ) -> RunStats:
     """Start the transport, open the source, and run the coordinator to its end."""
-    transport.start()  # fork before get_jobs runs, before any thread exists
     try:
+        transport.start()  # fork before get_jobs runs, before any thread exists
         source = make_source()
+    except KeyboardInterrupt:  # Ctrl-C while a resumed get_jobs yields its first job
+        transport.close(kill=True)
+        return RunStats(
+            done=ledger.done,
+            failed=ledger.failed,
+            watermark=ledger.watermark,
+            interrupted=True,
+            exit_code=EXIT_INTERRUPTED,
+        )
     except BaseException:
         transport.close(kill=True)
         raise

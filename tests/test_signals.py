@@ -108,6 +108,22 @@ def test_ctrl_c_while_get_jobs_blocks(fault_job: Job) -> None:
     assert set(job.counts().values()) == {1}
 
 
+def test_ctrl_c_while_a_resumed_get_jobs_yields_its_first_job(fault_job: Job) -> None:
+    job = fault_job
+    first = job.run(*ARGS, "--limit", "20", TM_N="50")
+    assert first.returncode == 0, first.stderr
+    saved = job.state.read_bytes()
+    # the resume calls get_jobs(last=19), whose first job waits for go-19, which never comes
+    with started(job, *ARGS, "--resume", TM_N="50", TM_GATES="19") as proc:
+        wait_until(lambda: len(job.workers(proc)) == 2, 20, "the workers to start")
+        kill_group(proc, signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert_clean_interrupt(proc.returncode, err)
+    assert job.state.read_bytes() == saved
+    resume_to_the_end(job, 50)
+    assert set(job.counts().values()) == {1}
+
+
 @pytest.mark.parametrize("to", ["parent", "group"])
 def test_sigterm_stops_like_ctrl_c(fault_job: Job, to: str) -> None:
     job = fault_job
