@@ -21,14 +21,15 @@ import os
 import pickle
 import queue
 import signal
+import struct
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 from . import codec
 from .messages import BatchDone, BatchUnreadable, JobFailed, JobTimedOut, Stop, TaskSent
@@ -80,6 +81,62 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
         return text, "".join(traceback.format_exception(type(exc), exc, tb))
     except Exception:
         return text, ""
+
+
+class _Frames:
+    """Messages framed as ``Connection.send_bytes`` frames them, taken as they trickle in.
+
+    The parent writes a big batch only as fast as the pipe takes it, and may pause halfway
+    (in get_jobs, say); the reader must not wait inside a message meanwhile, or it could
+    not watch --job-timeout. A big message is read in place, into a buffer of its size.
+    """
+
+    BIG = 1 << 20
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+        self.big: bytearray | None = None  # a big message being read in place
+        self.filled = 0
+
+    def read(self) -> bool:
+        """Take what the pipe holds (it is readable); False at its end."""
+        if self.big is not None:
+            got = os.readv(self.fd, [memoryview(self.big)[self.filled :]])
+            self.filled += got
+            return got > 0
+        chunk = os.read(self.fd, 65536)
+        self.buf += chunk
+        return bool(chunk)
+
+    def messages(self) -> Iterator[bytes]:
+        if self.big is not None:
+            if self.filled < len(self.big):
+                return
+            big, self.big = self.big, None
+            yield cast(bytes, big)  # read-only from here on: unpickled, never kept
+        buf, pos = self.buf, 0
+        try:
+            while len(buf) - pos >= 4:
+                (size,) = struct.unpack_from("!i", buf, pos)
+                head = 4
+                if size == -1:  # a message of 2 GiB or more: its size follows on 8 bytes
+                    if len(buf) - pos < 12:
+                        break
+                    (size,) = struct.unpack_from("!Q", buf, pos + 4)
+                    head = 12
+                start, end = pos + head, pos + head + size
+                if len(buf) < end:
+                    if size >= self.BIG:
+                        self.big = bytearray(size)
+                        self.filled = len(buf) - start
+                        self.big[: self.filled] = buf[start:]
+                        pos = len(buf)
+                    break
+                yield bytes(buf[start:end])
+                pos = end
+        finally:
+            del buf[:pos]
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -185,26 +242,27 @@ class Worker:
         # process (after faulthandler dumped every thread's stack).
         signal.setitimer(signal.ITIMER_REAL, limit + _poll_interval(limit) + WATCHDOG_GRACE)
 
-    def _recv_payload(self) -> bytes:
-        try:
-            return self.conn.recv_bytes()
-        except (EOFError, OSError):
-            os._exit(EXIT_PARENT_GONE)
-
     def read_loop(self, on_task: Callable[[TaskSent | Stop], None]) -> None:
         limit = self.spec.job_timeout
         interval = None if limit is None else _poll_interval(limit)
         self.check_timeouts()  # arms the watchdog
+        frames = _Frames(self.conn.fileno())
+        header: TaskSent | None = None  # a batch whose payload is the next message
         while True:
             try:
-                ready = self.conn.poll(interval)
-                data = self.conn.recv_bytes() if ready else None
-            except (EOFError, OSError):
-                os._exit(EXIT_PARENT_GONE)  # the parent is gone: nobody wants our results
-            if data is not None:
-                msg = pickle.loads(data)
-                if isinstance(msg, TaskSent):  # its payload follows as a message of its own
-                    msg = dataclasses.replace(msg, payload=self._recv_payload())
+                if self.conn.poll(interval) and not frames.read():
+                    os._exit(EXIT_PARENT_GONE)  # the parent is gone: nobody wants our results
+            except OSError:
+                os._exit(EXIT_PARENT_GONE)
+            for data in frames.messages():
+                if header is not None:
+                    msg: TaskSent | Stop = dataclasses.replace(header, payload=data)
+                    header = None
+                else:
+                    msg = pickle.loads(data)
+                    if isinstance(msg, TaskSent):  # its payload follows as a message of its own
+                        header = msg
+                        continue
                 on_task(msg)
                 if isinstance(msg, Stop):
                     if limit is not None:

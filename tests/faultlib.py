@@ -63,19 +63,22 @@ MAKE_BAD = {
 
 
 PAD = int(os.environ.get("TM_PAD", "0"))  # bytes of padding per job: big batches
+PAUSE = os.environ.get("TM_GEN_PAUSE", "")  # "seq:seconds": a slow get_jobs before seq
 
 
 def get_jobs(last=0, **kwargs):
     for i in range(last[0] if isinstance(last, tuple) else int(last), N):
-        if PAD:
-            yield (i, "x" * PAD)
-            continue
         if i in GATES:
             while not os.path.exists(os.path.join(HERE, "go-%d" % i)):
                 time.sleep(0.005)
+        if PAUSE and i == int(PAUSE.split(":")[0]):
+            time.sleep(float(PAUSE.split(":")[1]))
         if i in BAD and FAULT == "gen_raise":
             raise RuntimeError("get_jobs broke at %d" % i)
-        yield MAKE_BAD[FAULT]() if i in BAD and FAULT in MAKE_BAD else i
+        if i in BAD and FAULT in MAKE_BAD:
+            yield MAKE_BAD[FAULT]()
+        else:
+            yield (i, "x" * PAD) if PAD else i
 
 
 def setup_worker():

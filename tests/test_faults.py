@@ -11,6 +11,8 @@ import os
 import random
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -293,6 +295,18 @@ def test_a_worker_stuck_holding_the_gil_stalls_nothing_else(fault_job: Job) -> N
     assert_no_loss(job, 400)
 
 
+def test_a_slow_get_jobs_is_no_job_timeout(fault_job: Job) -> None:
+    """get_jobs pauses past --job-timeout while big batches are half written to the workers:
+    the workers wait for the rest, and nobody's job timed out."""
+    job = fault_job
+    slow = {"TM_N": "200", "TM_PAD": "50000", "TM_GEN_PAUSE": "128:2"}
+    result = job.run("2", "--batch-size", "64", "--job-timeout", "0.5", **slow)
+    assert result.returncode == 0, result.stderr
+    assert "worker" not in result.stderr, result.stderr
+    counts = job.counts()
+    assert sorted(counts) == list(range(200)) and set(counts.values()) == {1}
+
+
 def test_job_timeout_charges_only_the_hung_job(fault_job: Job) -> None:
     """The other thread's job and the queued one die with the worker, uncharged: with
     --retries 0 a charge would fail them."""
@@ -555,3 +569,37 @@ def test_io_error_on_the_state_files_is_fatal(
     assert_no_stale_temps(job)
     if faults:
         assert [r["seq"] for r in job.failures()] == [300]
+
+
+# -- the worker's reader ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("big", [1 << 20, 64], ids=["small-messages", "read-in-place"])
+def test_worker_reader_takes_messages_in_any_pieces(
+    monkeypatch: pytest.MonkeyPatch, big: int
+) -> None:
+    """The worker's reader gets whole messages however the parent's writes are cut."""
+    from multiprocessing.connection import Pipe
+
+    from taskmaster.worker import _Frames
+
+    monkeypatch.setattr(_Frames, "BIG", big)
+    rng = random.Random(7)
+    sent = [bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 5, 300, 5000])))]
+    sent += [rng.randbytes(rng.choice([0, 3, 64, 65, 1000, 70000])) for _ in range(60)]
+    writer, reader = Pipe(duplex=True)
+    frames, got = _Frames(reader.fileno()), []
+    with socket.socket(fileno=os.dup(writer.fileno())) as out:
+        wire = b"".join(struct.pack("!i", len(m)) + m for m in sent)
+        pos = 0
+        while pos < len(wire):
+            piece = wire[pos : pos + rng.choice([1, 2, 3, 7, 100, 4096, 100000])]
+            out.sendall(piece)
+            pos += len(piece)
+            while reader.poll(0):
+                assert frames.read()
+                got += [bytes(m) for m in frames.messages()]
+    writer.close()
+    assert got == sent
+    assert not frames.read()  # the writer's end is closed
+    reader.close()
