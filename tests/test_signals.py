@@ -6,6 +6,7 @@ that claims nothing undone (I2), no process behind (I6), and a --resume that los
 from __future__ import annotations
 
 import os
+import random
 import signal
 from collections.abc import Callable
 
@@ -150,6 +151,31 @@ def test_workers_die_with_a_killed_parent(fault_job: Job, marker: str) -> None:
         wait_until(lambda: not marked_pids(marker), 2, f"workers {workers} to die with the parent")
     assert_checkpoint_safe(job)
     resume_to_the_end(job)
+
+
+def test_parent_killed_again_and_again(fault_job: Job, marker: str) -> None:
+    """Scenario 1: kill -9 the parent at random points, resume, repeat; then finish."""
+    job = fault_job
+    seed = int(os.environ.get("TM_SEED") or random.randrange(2**32))
+    print(f"kill schedule seed {seed}; replay with TM_SEED={seed}")
+    rng = random.Random(seed)
+    size, crashes = 200, 4
+    args = (*ARGS, "--size", str(size), "--checkpoint-every", "0.05", "--resume")
+    watermarks = [0]
+    for k in range(crashes):
+        with started(job, *args, **SLOW) as proc:
+            target = ledger_lines(job) + rng.randrange(20, 400)
+            wait_until(lambda t=target: ledger_lines(job) >= t, 20, f"{target} jobs, seed {seed}")
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            wait_until(lambda: not marked_pids(marker), 2, f"workers gone after kill {k}")
+        wm = assert_checkpoint_safe(job)  # I2, I5
+        assert wm >= watermarks[-1], f"watermark went back: {watermarks} then {wm}, seed {seed}"
+        watermarks.append(wm)
+    resume_to_the_end(job)  # I1
+    duplicates = sum(c - 1 for c in job.counts().values())
+    # I3: a crash re-runs at most the window and the jobs done since the last checkpoint
+    assert duplicates <= crashes * 2 * size, f"{duplicates} re-runs, seed {seed}"
 
 
 CRASH_POINTS = [
