@@ -212,12 +212,22 @@ def run_command(target: str, args: tuple[str, ...], **opts: Any) -> None:
                 tgt.get_jobs, tgt.handle_job, kwargs=kwargs, target=tgt.identity, **common, **opts
             )
     except TaskmasterError as exc:
-        if reporter is not None:
-            reporter.close()
-        if isinstance(exc, GeneratorError) and exc.traceback_text:
-            click.echo(exc.traceback_text.rstrip(), err=True)
-        _fail(str(exc), exc.exit_code)
+        _refuse_run(reporter, exc)
         return
+    _end_run(reporter, stats)
+
+
+def _refuse_run(reporter: Any, exc: TaskmasterError) -> None:
+    """Exit for an error that ended a run (or kept it from starting)."""
+    if reporter is not None:
+        reporter.close()
+    if isinstance(exc, GeneratorError) and exc.traceback_text:
+        click.echo(exc.traceback_text.rstrip(), err=True)
+    _fail(str(exc), exc.exit_code)
+
+
+def _end_run(reporter: Any, stats: RunStats) -> None:
+    """The summary, what to do next, and the run's exit code."""
     reporter.finished(stats)
     _report_end(stats)
     sys.exit(stats.exit_code)

@@ -23,12 +23,13 @@ from .cli import (
     DEFAULT_HANDLE_BATCH_SIZE,
     _count_jobs,
     _dry_run,
+    _end_run,
     _fail,
-    _report_end,
+    _refuse_run,
     _reporter,
     run_command,
 )
-from .errors import EXIT_USAGE, GeneratorError, TaskmasterError, UsageError
+from .errors import EXIT_USAGE, TaskmasterError, UsageError
 from .options import Options, parse_rate
 from .replay import retry_failed
 from .runner import default_state_file, make_local_transport, run
@@ -153,15 +154,9 @@ def master_command(
         transport = ZmqMasterTransport(config, log=reporter.message)
         stats = _serve(transport, tgt, kwargs, reporter, opts)
     except TaskmasterError as exc:
-        if reporter is not None:
-            reporter.close()
-        if isinstance(exc, GeneratorError) and exc.traceback_text:
-            click.echo(exc.traceback_text.rstrip(), err=True)
-        _fail(str(exc), exc.exit_code)
+        _refuse_run(reporter, exc)
         return
-    reporter.finished(stats)
-    _report_end(stats)
-    sys.exit(stats.exit_code)
+    _end_run(reporter, stats)
 
 
 def _serve(
