@@ -14,9 +14,12 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def counting_signals() -> Iterator[tuple[int, Callable[[], int]]]:
+def counting_signals(
+    on_signal: Callable[[], None] | None = None,
+) -> Iterator[tuple[int, Callable[[], int]]]:
     """Yields a file descriptor that becomes readable on a signal, and a function that
-    returns how many SIGINT/SIGTERM arrived so far (and empties the pipe)."""
+    returns how many SIGINT/SIGTERM arrived so far (and empties the pipe). ``on_signal``
+    runs in the handler, after the count: it may raise to leave a blocking call."""
     r, w = os.pipe()
     os.set_blocking(r, False)
     os.set_blocking(w, False)
@@ -24,6 +27,8 @@ def counting_signals() -> Iterator[tuple[int, Callable[[], int]]]:
 
     def handler(signum: int, frame: Any) -> None:
         count[0] += 1
+        if on_signal is not None:
+            on_signal()
 
     def read() -> int:
         with contextlib.suppress(BlockingIOError):

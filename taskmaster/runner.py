@@ -13,7 +13,6 @@ import hashlib
 import inspect
 import json
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from .checkpoint import State, StateLock
 from .coordinator import Coordinator
 from .errors import EXIT_INTERRUPTED, CheckpointError, UsageError
 from .failures import FailureLog
+from .interrupts import counting_signals
 from .ledger import Ledger
 from .local import LocalTransport
 from .messages import Transport
@@ -123,40 +123,24 @@ def _signals(coord: Coordinator, reporter: Reporter) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    r, w = os.pipe()
-    os.set_blocking(r, False)
-    os.set_blocking(w, False)
-    count = [0]
+    # interrupt_pull raises if get_jobs blocks: the loop must see the signal all the same.
+    with counting_signals(coord.interrupt_pull) as (fd, read_count):
 
-    def handler(signum: int, frame: Any) -> None:
-        count[0] += 1
-        coord.interrupt_pull()  # raises if get_jobs blocks: the loop must see this signal
+        def on_wake() -> None:
+            count = read_count()
+            if count == 1 and coord.stopping is None:
+                coord.request_stop("interrupted")
+                reporter.message(
+                    f"stopping: finishing the jobs in flight (up to "
+                    f"{coord.opt.drain_timeout:g} s); press Ctrl-C again to stop at once"
+                )
+            elif count >= 2 and not coord.aborted:
+                coord.abort("interrupted twice")
+                reporter.message("stopping now: workers killed; their jobs run again on --resume")
 
-    def on_wake() -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.read(r, 512)
-        if count[0] == 1 and coord.stopping is None:
-            coord.request_stop("interrupted")
-            reporter.message(
-                f"stopping: finishing the jobs in flight (up to {coord.opt.drain_timeout:g} s); "
-                "press Ctrl-C again to stop at once"
-            )
-        elif count[0] >= 2 and not coord.aborted:
-            coord.abort("interrupted twice")
-            reporter.message("stopping now: workers killed; their jobs run again on --resume")
-
-    old_wakeup = signal.set_wakeup_fd(w)
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    coord.wake_fds.append(r)
-    coord.on_wake = on_wake
-    try:
+        coord.wake_fds.append(fd)
+        coord.on_wake = on_wake
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        signal.set_wakeup_fd(old_wakeup)
-        os.close(r)
-        os.close(w)
 
 
 def _takes_arguments(fn: Callable[..., Any]) -> bool:
