@@ -385,7 +385,7 @@ class Coordinator:
         }
         seqs = ", ".join(_seq_range(t) for t in tasks) or "no jobs"
         who = f"worker {event.worker_id} (pid {event.pid}) {event.reason}"
-        if self.stopping and not self.aborted:
+        if self.stopping:  # draining or aborting: nothing is charged or sent any more
             self.reporter.message(
                 f"{who} holding {seqs}; they stay unresolved and run again on --resume"
             )
