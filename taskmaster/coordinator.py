@@ -34,7 +34,6 @@ from .messages import (
     BatchUnreadable,
     Event,
     JobTimedOut,
-    Output,
     TaskSent,
     Transport,
     WorkerLost,
@@ -342,8 +341,6 @@ class Coordinator:
             if task is not None:
                 error = f"UnpickleError: the worker could not rebuild the job ({event.error})"
                 self._lost_task(task, error, event.traceback)
-        elif isinstance(event, Output):
-            self.reporter.message(event.text)
 
     def _on_done(self, event: BatchDone) -> None:
         task = self.in_flight.pop(event.task_id, None)

@@ -73,18 +73,11 @@ class WorkerLost:
 
 
 @dataclass(frozen=True, slots=True)
-class Output:
-    """Text a worker printed, to be shown above the progress display."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
 class Stop:
     """Tells a worker to finish what it holds and exit."""
 
 
-Event = BatchDone | BatchUnreadable | JobTimedOut | WorkerLost | Output
+Event = BatchDone | BatchUnreadable | JobTimedOut | WorkerLost
 
 
 class Transport(Protocol):

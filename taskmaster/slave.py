@@ -34,7 +34,7 @@ from .curve import CurveKeys
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .interrupts import counting_signals
 from .local import LocalTransport
-from .messages import Event, JobTimedOut, Output, TaskSent, WorkerLost
+from .messages import Event, JobTimedOut, TaskSent, WorkerLost
 from .remote import Body, MalformedBody, dealer_socket, readable, result_body, status_body
 
 HELLO_EVERY = 0.5
@@ -221,9 +221,6 @@ class Slave:
     # -- from the local workers -----------------------------------------------------------
 
     def _on_local(self, event: Event) -> None:
-        if isinstance(event, Output):
-            self.log(event.text)
-            return
         if isinstance(event, WorkerLost):
             self._on_worker_lost(event)
             return
