@@ -48,6 +48,9 @@ _CAUSES = {
 }
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def describe_exit(exitcode: int | None) -> str:
     """Why a worker process ended, in words, with the likely causes."""
     if exitcode is None:
@@ -124,10 +127,17 @@ class LocalTransport:
             name=f"taskmaster-worker-{worker_id}",
             daemon=True,
         )
-        process.start()
-        child_end.close()
-        sock = socket.socket(fileno=os.dup(parent_end.fileno()))
-        self._workers[worker_id] = _Handle(worker_id, process, parent_end, sock)
+        # A signal handled during fork runs in the at-fork hooks, which swallow exceptions:
+        # a Ctrl-C there would be lost. Held back, it arrives once the worker is registered
+        # (and so is killed if that Ctrl-C ends the run).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            process.start()
+            child_end.close()
+            sock = socket.socket(fileno=os.dup(parent_end.fileno()))
+            self._workers[worker_id] = _Handle(worker_id, process, parent_end, sock)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def pids(self) -> list[int]:
         return [h.process.pid for h in self._workers.values() if h.process.pid is not None]

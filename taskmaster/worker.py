@@ -345,6 +345,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, close_fds: 
     """Entry point of a forked worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the parent decides on Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # held in fork
     signal.set_wakeup_fd(-1)  # the parent's wakeup pipe is the parent's alone
     _die_with_parent(parent_pid)
     for fd in close_fds:  # other workers' pipe ends: holding them would hide their EOFs
