@@ -24,6 +24,7 @@ lint: install
 	$(BIN)/ruff check taskmaster tests benchmarks examples
 	$(BIN)/ruff format --check taskmaster tests benchmarks examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

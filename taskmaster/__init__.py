@@ -4,7 +4,8 @@ import taskmaster
 stats = taskmaster.run(get_jobs, handle_job, workers=4, state_file="jobs.state.json")
 """
 
-from .errors import (
+from taskmaster.core.stats import RunStats
+from taskmaster.errors import (
     CheckpointError,
     GeneratorError,
     LockedError,
@@ -13,9 +14,8 @@ from .errors import (
     TaskmasterError,
     UsageError,
 )
-from .options import Options
-from .runner import run
-from .stats import RunStats
+from taskmaster.options import Options
+from taskmaster.runner import run
 
 __all__ = [
     "run",

@@ -1,3 +1,3 @@
-from .cli import run_command
+from taskmaster.cli.run import run_command
 
 run_command(prog_name="python -m taskmaster")

@@ -7,6 +7,9 @@ turns them into an exit.
 
 from __future__ import annotations
 
+import os
+import traceback
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # finished, but some jobs failed for good (or the generator raised)
 EXIT_USAGE = 2  # bad usage or input: nothing was run
@@ -53,3 +56,25 @@ class GeneratorError(TaskmasterError):
     def __init__(self, message: str, traceback_text: str) -> None:
         super().__init__(message)
         self.traceback_text = traceback_text
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))  # the package: its frames are ours
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """``("Type: message", traceback text)`` of an exception, safe for any exception.
+
+    The traceback starts at the user's code: taskmaster's own leading frames are dropped.
+    """
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<exception with failing __str__>"
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_HERE):
+        tb = tb.tb_next
+    try:
+        return text, "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception:
+        return text, ""

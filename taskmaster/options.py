@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
-from .errors import UsageError
+from taskmaster.errors import UsageError
 
 
 def default_workers() -> int:

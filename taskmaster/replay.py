@@ -13,22 +13,22 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from . import checkpoint, codec
-from .checkpoint import State, StateLock
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
-from .failures import FailureLog, FailureRecord, read_records
-from .ledger import Ledger
-from .messages import Transport
-from .options import Options
-from .runner import (
+from taskmaster.core.events import Transport
+from taskmaster.core.ledger import Ledger
+from taskmaster.core.source import JobSource
+from taskmaster.core.stats import Reporter, RunStats
+from taskmaster.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from taskmaster.options import Options
+from taskmaster.runner import (
     QuietReporter,
     execute,
     failures_file_for,
     make_local_transport,
     validate_options,
 )
-from .source import JobSource
-from .stats import Reporter, RunStats
+from taskmaster.store import checkpoint, codec
+from taskmaster.store.checkpoint import State, StateLock
+from taskmaster.store.failures import FailureLog, FailureRecord, read_records
 
 
 def _load(path: str) -> list[FailureRecord]:

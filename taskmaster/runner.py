@@ -18,19 +18,19 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import checkpoint
-from .checkpoint import State, StateLock
-from .coordinator import Coordinator
-from .errors import EXIT_INTERRUPTED, CheckpointError, UsageError
-from .failures import FailureLog
-from .interrupts import counting_signals
-from .ledger import Ledger
-from .local import LocalTransport
-from .messages import Transport
-from .options import Options
-from .source import JobSource, check_kwargs, open_source
-from .stats import Reporter, RunStats, Snapshot, StateSink
-from .worker import WorkerSpec
+from taskmaster.core.events import Transport
+from taskmaster.core.ledger import Ledger
+from taskmaster.core.loop import Coordinator
+from taskmaster.core.source import JobSource, check_kwargs, open_source
+from taskmaster.core.stats import Reporter, RunStats, Snapshot, StateSink
+from taskmaster.errors import EXIT_INTERRUPTED, CheckpointError, UsageError
+from taskmaster.local.signals import counting_signals
+from taskmaster.local.transport import LocalTransport
+from taskmaster.local.worker import WorkerSpec
+from taskmaster.options import Options
+from taskmaster.store import checkpoint
+from taskmaster.store.checkpoint import State, StateLock
+from taskmaster.store.failures import FailureLog
 
 
 class QuietReporter:

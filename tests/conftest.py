@@ -100,7 +100,7 @@ class Job:
     def remote_args(self, command: str, *extra: str) -> list[str]:
         """The command line of tm-master, tm-slave or tm-spawn (``command``: master, slave,
         spawn) on this job module."""
-        return [sys.executable, "-m", "taskmaster.cli_remote", command, str(self.module), *extra]
+        return [sys.executable, "-m", "taskmaster.cli.remote", command, str(self.module), *extra]
 
     def run(self, *extra: str, timeout: float = 45, **env: str) -> subprocess.CompletedProcess[str]:
         """Run ``python -m taskmaster jobs.py EXTRA...`` to its end."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from conftest import LEDGER_MODULE, Job, kill_group, wait_until
 
-from taskmaster import checkpoint
+from taskmaster.store import checkpoint
 
 FAULT_MODULE = (
     LEDGER_MODULE

@@ -17,10 +17,11 @@ from conftest import MARKER_VAR
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taskmaster import checkpoint, codec, failpoints
-from taskmaster.checkpoint import Anchor, State, StateLock
+from taskmaster import failpoints
+from taskmaster.core.ledger import ResolvedRange
 from taskmaster.errors import CheckpointError, LockedError, StateIOError
-from taskmaster.ledger import ResolvedRange
+from taskmaster.store import checkpoint, codec
+from taskmaster.store.checkpoint import Anchor, State, StateLock
 
 
 class Point:
@@ -471,7 +472,7 @@ def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 KILLED_WRITER = textwrap.dedent(
     """
     import sys
-    from taskmaster import checkpoint
+    from taskmaster.store import checkpoint
     checkpoint.write_durable(sys.argv[1], b"new")
     print("returned")
     """

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from conftest import LEDGER_MODULE, Job, wait_until
 
-from taskmaster import checkpoint
+from taskmaster.store import checkpoint
 
 # The ledger module, plus: job 0 waits for a gate file (so a run can be held mid-way without
 # timing), job BAD fails unless TM_FIXED is set, and get_jobs can raise at TM_RAISE_AT.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 from conftest import LEDGER_MODULE, Job, kill_group, wait_until
 
-from taskmaster import checkpoint, codec
+from taskmaster.store import checkpoint, codec
 
 EXCLUSIVE_MODULE = (
     LEDGER_MODULE

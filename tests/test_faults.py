@@ -35,7 +35,7 @@ from faultlib import (
     without_dac_override,
 )
 
-from taskmaster import checkpoint
+from taskmaster.store import checkpoint
 
 N = 30
 BAD = 7
@@ -581,7 +581,7 @@ def test_worker_reader_takes_messages_in_any_pieces(
     """The worker's reader gets whole messages however the parent's writes are cut."""
     from multiprocessing.connection import Pipe
 
-    from taskmaster.worker import _Frames
+    from taskmaster.local.worker import _Frames
 
     monkeypatch.setattr(_Frames, "BIG", big)
     rng = random.Random(7)

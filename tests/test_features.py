@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from conftest import LEDGER_MODULE, Job, wait_until
 
-from taskmaster.ratelimit import TokenBucket
+from taskmaster.core.ratelimit import TokenBucket
 
 
 def tm_status(job: Job, *args: str) -> subprocess.CompletedProcess[str]:
@@ -18,7 +18,7 @@ def tm_status(job: Job, *args: str) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-c",
-            "from taskmaster.cli import status_command; status_command()",
+            "from taskmaster.cli.run import status_command; status_command()",
             *args,
         ],
         cwd=job.folder,

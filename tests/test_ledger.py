@@ -17,7 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from taskmaster.ledger import Ledger, ResolvedRange, Unit
+from taskmaster.core.ledger import Ledger, ResolvedRange, Unit
 
 # -- unit tests ------------------------------------------------------------------------------
 

@@ -16,18 +16,18 @@ import pytest
 zmq = pytest.importorskip("zmq")
 
 
-from taskmaster import master as master_module  # noqa: E402
-from taskmaster import wire  # noqa: E402
-from taskmaster.curve import derive_keys  # noqa: E402
-from taskmaster.errors import UsageError  # noqa: E402
-from taskmaster.master import MasterConfig, ZmqMasterTransport  # noqa: E402
-from taskmaster.messages import (  # noqa: E402
+from taskmaster.core.events import (  # noqa: E402
     BatchDone,
     BatchUnreadable,
     Event,
     TaskSent,
     WorkerLost,
 )
+from taskmaster.errors import UsageError  # noqa: E402
+from taskmaster.remote import frames as wire  # noqa: E402
+from taskmaster.remote import master as master_module  # noqa: E402
+from taskmaster.remote.curve import derive_keys  # noqa: E402
+from taskmaster.remote.master import MasterConfig, ZmqMasterTransport  # noqa: E402
 
 SECRET = wire.Secret(b"an-in-process-secret-0123456789", "test")
 KEY = wire.frame_key(SECRET)

@@ -26,7 +26,8 @@ zmq = pytest.importorskip("zmq")
 from conftest import LEDGER_MODULE, Job, wait_until  # noqa: E402
 from faultlib import FAULT_MODULE, assert_checkpoint_safe, assert_no_loss  # noqa: E402
 
-from taskmaster import checkpoint, wire  # noqa: E402
+from taskmaster.remote import frames as wire  # noqa: E402
+from taskmaster.store import checkpoint  # noqa: E402
 
 SECRET = "a-test-secret-0123456789abcdef"
 KEY = wire.frame_key(wire.Secret(SECRET.encode(), "test"))
@@ -549,7 +550,7 @@ def test_a_slave_refuses_a_master_of_another_protocol_version(remote: Remote) ->
 def test_without_pyzmq_the_commands_say_how_to_install_it(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['zmq'] = None\n"
-        "from taskmaster.cli_remote import remote_main\n"
+        "from taskmaster.cli.remote import remote_main\n"
         "remote_main(['master', 'jobs.py'])\n"
     )
     result = subprocess.run(

@@ -21,7 +21,7 @@ from faultlib import (
     started,
 )
 
-from taskmaster import checkpoint
+from taskmaster.store import checkpoint
 
 N = 3000
 SLOW = {"TM_N": str(N), "TM_SLEEP": "0.002"}  # about 2 s of work on 2 workers x 2 threads

@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 
-from taskmaster import codec
-from taskmaster.checkpoint import Anchor
-from taskmaster.errors import CheckpointError, GeneratorError, UsageError
-from taskmaster.source import (
+from taskmaster.core.source import (
     JobSource,
     accepts_last,
     call_get_jobs,
     check_kwargs,
     open_source,
 )
+from taskmaster.errors import CheckpointError, GeneratorError, UsageError
+from taskmaster.store import codec
+from taskmaster.store.checkpoint import Anchor
 
 N = 10
 

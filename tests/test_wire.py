@@ -12,10 +12,10 @@ import pytest
 
 pytest.importorskip("zmq")
 
-from taskmaster import wire  # noqa: E402
+from taskmaster.core.events import JobFailed  # noqa: E402
 from taskmaster.errors import UsageError  # noqa: E402
-from taskmaster.messages import JobFailed  # noqa: E402
-from taskmaster.remote import Body, MalformedBody, fit_failures, status_of  # noqa: E402
+from taskmaster.remote import frames as wire  # noqa: E402
+from taskmaster.remote.protocol import Body, MalformedBody, fit_failures, status_of  # noqa: E402
 
 SECRET = wire.Secret(b"0123456789abcdef0123456789abcdef", "test")
 KEY = wire.frame_key(SECRET)

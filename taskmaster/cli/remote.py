@@ -4,7 +4,7 @@ The master is ``taskmaster.run`` with a ZeroMQ transport instead of local worker
 takes tm-run's own options (the same click parameters, not copies) and keeps its rules and
 exit codes. pyzmq is imported only here, lazily, so tm-run works without it.
 
-``python -m taskmaster.cli_remote master|slave|spawn ...`` runs the same commands; tm-spawn
+``python -m taskmaster.cli.remote master|slave|spawn ...`` runs the same commands; tm-spawn
 starts its slaves that way, with the secret in their environment, never on a command line.
 """
 
@@ -17,8 +17,7 @@ from typing import Any
 
 import click
 
-from . import wire
-from .cli import (
+from taskmaster.cli.run import (
     CONTEXT,
     DEFAULT_HANDLE_BATCH_SIZE,
     _count_jobs,
@@ -29,13 +28,14 @@ from .cli import (
     _reporter,
     run_command,
 )
-from .errors import EXIT_USAGE, TaskmasterError, UsageError
-from .options import Options, parse_rate
-from .replay import retry_failed
-from .runner import default_state_file, make_local_transport, run
-from .spawn import supervise
-from .stats import RunStats
-from .target import load_target, parse_kwargs
+from taskmaster.cli.target import load_target, parse_kwargs
+from taskmaster.core.stats import RunStats
+from taskmaster.errors import EXIT_USAGE, TaskmasterError, UsageError
+from taskmaster.options import Options, parse_rate
+from taskmaster.remote import frames
+from taskmaster.remote.spawn import supervise
+from taskmaster.replay import retry_failed
+from taskmaster.runner import default_state_file, make_local_transport, run
 
 INSTALL_HINT = "pip install 'taskmaster-runner[zmq]'"
 MASTER_OPTIONS = (
@@ -75,10 +75,10 @@ def _curve_option() -> Decorator:
     )
 
 
-def _curve_keys(use: bool, secret: wire.Secret | None) -> Any:
+def _curve_keys(use: bool, secret: frames.Secret | None) -> Any:
     if not use:
         return None
-    from .curve import derive_keys
+    from taskmaster.remote.curve import derive_keys
 
     return derive_keys(secret)
 
@@ -87,7 +87,7 @@ def _secret_option() -> Decorator:
     return click.option(
         "--secret-file",
         type=click.Path(dir_okay=False),
-        help=f"File holding the shared secret [default: ${wire.SECRET_ENV}].",
+        help=f"File holding the shared secret [default: ${frames.SECRET_ENV}].",
     )
 
 
@@ -98,8 +98,8 @@ def _secret_option() -> Decorator:
 @click.argument("target")
 @click.argument("args", nargs=-1, metavar="[KEY=VALUE]...")
 @_address_option(
-    f"Where to listen [default: tcp://0.0.0.0:{wire.DEFAULT_PORT} with a secret, "
-    f"tcp://127.0.0.1:{wire.DEFAULT_PORT} without]."
+    f"Where to listen [default: tcp://0.0.0.0:{frames.DEFAULT_PORT} with a secret, "
+    f"tcp://127.0.0.1:{frames.DEFAULT_PORT} without]."
 )
 @_secret_option()
 @_curve_option()
@@ -130,7 +130,7 @@ def master_command(
     any code on every slave.
     """
     _need_zmq()
-    from .master import MasterConfig, ZmqMasterTransport
+    from taskmaster.remote.master import MasterConfig, ZmqMasterTransport
 
     reporter: Any = None
     try:
@@ -140,8 +140,8 @@ def master_command(
         if opts.pop("dry_run"):
             _dry_run(tgt.get_jobs, kwargs, opts["limit"] or 10)
             return
-        secret = wire.load_secret(secret_file, os.environ)
-        address = wire.master_address(address, secret)
+        secret = frames.load_secret(secret_file, os.environ)
+        address = frames.master_address(address, secret)
         if not 0.1 <= heartbeat_timeout <= 3600:
             raise UsageError(
                 f"--heartbeat-timeout must be from 0.1 to 3600 seconds, got {heartbeat_timeout!r}"
@@ -192,12 +192,12 @@ def _master_opts(opts: dict[str, Any], tgt: Any, kwargs: dict[str, str]) -> None
         opts["state_file"] = default_state_file(tgt.stem, kwargs)
 
 
-def _warn_secret(log: Any, secret: wire.Secret | None, address: str) -> None:
+def _warn_secret(log: Any, secret: frames.Secret | None, address: str) -> None:
     if secret is None:
         log(
             f"no secret given: listening on {address} only, and any user of this host can "
             f"connect. For several hosts, make a secret and pass it to the master and to "
-            f"every slave (--secret-file, or ${wire.SECRET_ENV}):\n    {wire.MAKE_SECRET}"
+            f"every slave (--secret-file, or ${frames.SECRET_ENV}):\n    {frames.MAKE_SECRET}"
         )
     elif secret.warning:
         log(f"warning: {secret.warning}")
@@ -209,7 +209,7 @@ def _warn_secret(log: Any, secret: wire.Secret | None, address: str) -> None:
 def _slave_options(fn: Any) -> Any:
     """Options tm-slave and tm-spawn share (tm-run's --threads, --job-timeout too)."""
     options = [
-        _address_option(f"The master [default: tcp://127.0.0.1:{wire.DEFAULT_PORT}]."),
+        _address_option(f"The master [default: tcp://127.0.0.1:{frames.DEFAULT_PORT}]."),
         _secret_option(),
         _curve_option(),
         click.option(
@@ -277,7 +277,7 @@ def slave_command(
     130 stopped by Ctrl-C or SIGTERM.
     """
     _need_zmq()
-    from .slave import Slave, SlaveConfig
+    from taskmaster.remote.slave import Slave, SlaveConfig
 
     pid = os.getpid()
 
@@ -287,8 +287,8 @@ def slave_command(
     try:
         kwargs = parse_kwargs(args)
         tgt = load_target(target, handle_job=handle_job_name, need_get_jobs=False)
-        secret = wire.load_secret(secret_file, os.environ)
-        address = wire.slave_address(address, secret)
+        secret = frames.load_secret(secret_file, os.environ)
+        address = frames.slave_address(address, secret)
         _check_patience(timeout, retries)
         opt = Options(workers=workers, threads=threads, job_timeout=job_timeout)
         local = make_local_transport(
@@ -340,29 +340,29 @@ def spawn_command(
             raise UsageError(f"COUNT must be a whole number from 1 to 1024, got {count}")
         parse_kwargs(args)
         load_target(target, handle_job=handle_job_name, need_get_jobs=False)  # fail once, here
-        secret = wire.load_secret(secret_file, os.environ)
-        address = wire.slave_address(address, secret)
+        secret = frames.load_secret(secret_file, os.environ)
+        address = frames.slave_address(address, secret)
         _check_patience(timeout, retries)
         _curve_keys(curve, secret)
         Options(threads=threads, job_timeout=job_timeout)
     except TaskmasterError as exc:
         _fail(str(exc), exc.exit_code)
         return
-    argv = [sys.executable, "-m", "taskmaster.cli_remote", "slave", target, "--address", address]
+    argv = [sys.executable, "-m", "taskmaster.cli.remote", "slave", target, "--address", address]
     argv += ["--timeout", repr(timeout), "--retries", str(retries), "--threads", str(threads)]
     argv += ["--handle-job", handle_job_name, *(["--curve"] if curve else []), *args]
     if job_timeout is not None:
         argv += ["--job-timeout", repr(job_timeout)]
     env = dict(os.environ)
     if secret is not None:
-        env[wire.SECRET_ENV] = secret.text  # by environment: a command line is public
+        env[frames.SECRET_ENV] = secret.text  # by environment: a command line is public
     sys.exit(supervise(argv, env, count, lambda text: click.echo(text, err=True)))
 
 
 spawn_command.params.extend(_from_tm_run(SLAVE_OPTIONS))
 
 
-# -- python -m taskmaster.cli_remote ------------------------------------------------------
+# -- python -m taskmaster.cli.remote ------------------------------------------------------
 
 
 @click.group(context_settings=CONTEXT)
@@ -375,4 +375,4 @@ remote_main.add_command(slave_command, "slave")
 remote_main.add_command(spawn_command, "spawn")
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocesses
-    remote_main(prog_name="python -m taskmaster.cli_remote")
+    remote_main(prog_name="python -m taskmaster.cli.remote")

@@ -21,13 +21,22 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import codec, failpoints
-from .errors import CheckpointError, LockedError, StateIOError
-from .ledger import ResolvedRange
+from taskmaster import failpoints
+from taskmaster.errors import CheckpointError, LockedError, StateIOError
+from taskmaster.store import codec
 
 FORMAT = "taskmaster-checkpoint"
 VERSION = 1
 MAX_STATE_BYTES = 64 * 1024 * 1024  # a window of ranges is tiny; anything bigger is not ours
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedRange:
+    """A range resolved above the watermark, with the digest of its jobs' encoding."""
+
+    start: int
+    end: int
+    digest: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,10 @@ import glob
 import os
 from dataclasses import dataclass, field
 
-from . import checkpoint
-from .checkpoint import State, StateLock
-from .errors import UsageError
-from .failures import FailureRecord, read_records
+from taskmaster.errors import UsageError
+from taskmaster.store import checkpoint
+from taskmaster.store.checkpoint import State, StateLock
+from taskmaster.store.failures import FailureRecord, read_records
 
 
 @dataclass(slots=True)

@@ -6,10 +6,10 @@
                 <--events---   (Roster: credits,        <== done / lost / status
                                 assignments, silence)
 
-It is a :class:`~taskmaster.messages.Transport` like the local one, so the coordinator
+It is a :class:`~taskmaster.core.events.Transport` like the local one, so the coordinator
 applies the same rules to remote batches: retries, failures, the watermark, the window.
-The :class:`~taskmaster.roster.Roster` decides which results count and which slaves are
-lost; this module does the sockets: every frame is checked by :mod:`taskmaster.wire`
+The :class:`~taskmaster.remote.roster.Roster` decides which results count and which slaves are
+lost; this module does the sockets: every frame is checked by :mod:`taskmaster.remote.frames`
 before anything in it is parsed, heartbeats go out every ``heartbeat_timeout / 5``, and a
 slave silent for ``heartbeat_timeout`` is lost. The master never unpickles: results are
 JSON, and job payloads only pass through.
@@ -26,12 +26,13 @@ from dataclasses import dataclass
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from . import curve, wire
-from .curve import CurveKeys
-from .errors import UsageError
-from .messages import BatchUnreadable, Event, TaskSent
-from .remote import Body, MalformedBody, readable, result_event, router_socket, status_of
-from .roster import Roster, SlaveRecord
+from taskmaster.core.events import BatchUnreadable, Event, TaskSent
+from taskmaster.errors import UsageError
+from taskmaster.remote import curve, frames
+from taskmaster.remote.curve import CurveKeys
+from taskmaster.remote.protocol import Body, MalformedBody, result_event, status_of
+from taskmaster.remote.roster import Roster, SlaveRecord
+from taskmaster.remote.sockets import readable, router_socket
 
 HEARTBEATS_PER_TIMEOUT = 5
 LONELY_HINT_EVERY = 30.0  # while no slave is connected, say how to start one this often
@@ -42,7 +43,7 @@ MAX_DRAIN = 10_000  # frames handled per wait(), so the coordinator keeps its tu
 @dataclass(frozen=True, slots=True)
 class MasterConfig:
     address: str
-    secret: wire.Secret | None
+    secret: frames.Secret | None
     heartbeat_timeout: float = 5.0
     target: str = ""
     curve: CurveKeys | None = None  # --curve: encrypt, and admit only the slaves' key
@@ -61,11 +62,11 @@ class ZmqMasterTransport:
         self.log = log
         self.clock = clock
         self.run_id = secrets.token_hex(8)  # new for every master start: old frames are stale
-        key = wire.frame_key(config.secret)
-        self._sealer = wire.Sealer(key, self.run_id)
-        self._opener = wire.Opener(key, wire.MASTER_MAX_FRAME)
-        self._replay = wire.ReplayGuard()
-        self._limited = wire.RateLimitedLog(log)
+        key = frames.frame_key(config.secret)
+        self._sealer = frames.Sealer(key, self.run_id)
+        self._opener = frames.Opener(key, frames.MASTER_MAX_FRAME)
+        self._replay = frames.ReplayGuard()
+        self._limited = frames.RateLimitedLog(log)
         self.roster = Roster()
         self._notified: dict[bytes, float] = {}
         self._pending: list[Event] = []
@@ -218,12 +219,12 @@ class ZmqMasterTransport:
     def _receive(self, routing: bytes, parts: list[bytes], peer: str, events: list[Event]) -> None:
         try:
             msg = self._opener.open(parts)
-        except wire.Dropped as exc:
+        except frames.Dropped as exc:
             self._limited(f"drop {peer}", f"dropped a frame from {peer}: {exc}")
             if "signature" in str(exc):
                 self._notify_bad_signature(routing)
             return
-        except wire.VersionMismatch as exc:
+        except frames.VersionMismatch as exc:
             self._refuse(routing, peer, exc)
             return
         if msg.sender.encode() != routing:
@@ -241,7 +242,9 @@ class ZmqMasterTransport:
         except MalformedBody as exc:
             self._limited(f"body {peer}", f"dropped a {msg.kind!r} frame from {peer}: {exc}")
 
-    def _dispatch(self, msg: wire.Message, routing: bytes, peer: str, events: list[Event]) -> None:
+    def _dispatch(
+        self, msg: frames.Message, routing: bytes, peer: str, events: list[Event]
+    ) -> None:
         if msg.kind == "hello":
             self._on_hello(msg, routing)
             return
@@ -282,7 +285,7 @@ class ZmqMasterTransport:
         self.log(f"{slave.name} joined from {peer}")
         return slave
 
-    def _on_hello(self, msg: wire.Message, routing: bytes) -> None:
+    def _on_hello(self, msg: frames.Message, routing: bytes) -> None:
         body = Body(msg.body)
         nonce = body.text("nonce")
         known = self.roster.slaves.get(msg.sender)
@@ -349,7 +352,7 @@ class ZmqMasterTransport:
             events.append(self.roster.lose(slave, why))
 
     def _slave_command(self) -> str:
-        host, port = wire.parse_address(self.cfg.address)
+        host, port = frames.parse_address(self.cfg.address)
         if host in ("0.0.0.0", "*", "::"):
             host = socket.gethostname()
         module = self.cfg.target.rpartition(":")[0] or "JOBS.py"
@@ -376,11 +379,11 @@ class ZmqMasterTransport:
         if len(self._notified) > 1024:
             self._notified.clear()
         self._notified[routing] = now
-        self._send_to(routing, [wire.NOTICE, wire.BAD_SIGNATURE])
+        self._send_to(routing, [frames.NOTICE, frames.BAD_SIGNATURE])
 
-    def _refuse(self, routing: bytes, peer: str, exc: wire.VersionMismatch) -> None:
+    def _refuse(self, routing: bytes, peer: str, exc: frames.VersionMismatch) -> None:
         reason = (
-            f"this master speaks taskmaster protocol {wire.PROTOCOL}, the slave at {peer} "
+            f"this master speaks taskmaster protocol {frames.PROTOCOL}, the slave at {peer} "
             f"speaks {exc.version}: install the same taskmaster version on every host"
         )
         self._limited(f"version {peer}", f"refused a slave: {reason}")

@@ -18,9 +18,9 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
-from . import wire
-from .messages import WorkerLost
-from .remote import Body
+from taskmaster.core.events import WorkerLost
+from taskmaster.remote import frames
+from taskmaster.remote.protocol import Body
 
 REMEMBERED = 100_000  # batches of lost slaves kept in mind for their late results
 HELLOS = 4096  # hellos kept in mind (pid, host) until the slave's first status
@@ -80,7 +80,7 @@ class Roster:
             number=self._numbers,
             pid=hello.integer("pid", default=0),
             host=hello.text("host", default=peer)[:255],
-            max_frame=hello.integer("max_frame", default=wire.SLAVE_MAX_FRAME),
+            max_frame=hello.integer("max_frame", default=frames.SLAVE_MAX_FRAME),
             last_seen=now,
         )
         self.slaves[sender] = slave

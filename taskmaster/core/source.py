@@ -13,10 +13,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import codec
-from .checkpoint import Anchor
-from .errors import CheckpointError, GeneratorError, UsageError
-from .worker import describe_error
+from taskmaster.errors import CheckpointError, GeneratorError, UsageError, describe_error
+from taskmaster.store import codec
+from taskmaster.store.checkpoint import Anchor
 
 
 class JobSource:

@@ -1,6 +1,6 @@
 """``--curve``: CurveZMQ encryption, with keys derived from the shared secret.
 
-Signing (:mod:`taskmaster.wire`) proves who sent a frame; CURVE also hides what is in it.
+Signing (:mod:`taskmaster.remote.frames`) proves who sent a frame; CURVE also hides what is in it.
 Every key pair comes from the secret the hosts already share, so there are no key files to
 copy: the master's pair, and one pair for the slaves. The master's ZAP handler (pyzmq's
 ThreadAuthenticator) lets in only connections made with the slaves' key, and a slave only
@@ -18,8 +18,8 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from . import wire
-from .errors import UsageError
+from taskmaster.errors import UsageError
+from taskmaster.remote import frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +32,11 @@ class CurveKeys:
     client_secret: bytes = field(repr=False, default=b"")
 
 
-def derive_keys(secret: wire.Secret | None) -> CurveKeys:
+def derive_keys(secret: frames.Secret | None) -> CurveKeys:
     if secret is None:
         raise UsageError(
             f"--curve needs a secret to derive its keys from (--secret-file, or "
-            f"${wire.SECRET_ENV}); to make one:\n    {wire.MAKE_SECRET}"
+            f"${frames.SECRET_ENV}); to make one:\n    {frames.MAKE_SECRET}"
         )
     if not zmq.has("curve"):
         raise UsageError("--curve needs a libzmq built with CURVE (pyzmq's own wheels are)")
@@ -45,7 +45,7 @@ def derive_keys(secret: wire.Secret | None) -> CurveKeys:
     return CurveKeys(server_public, server_secret, client_public, client_secret)
 
 
-def _pair(secret: wire.Secret, role: bytes) -> tuple[bytes, bytes]:
+def _pair(secret: frames.Secret, role: bytes) -> tuple[bytes, bytes]:
     # Any 32 bytes make a Curve25519 secret key; the public one follows from it.
     seed = hmac.new(secret.value, b"taskmaster curve key " + role, hashlib.sha256).digest()
     secret_key = z85.encode(seed)

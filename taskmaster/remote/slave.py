@@ -5,8 +5,8 @@
     tm-master ==DEALER==> Slave (this process, a bridge) --pipes--> forked workers x threads
 
 The slave checks every frame's signature, forwards batches into a
-:class:`~taskmaster.local.LocalTransport` (the same forked workers as tm-run, so a job that
-segfaults kills a worker, not the connection) and sends the results back as JSON. It
+:class:`~taskmaster.local.transport.LocalTransport` (the same forked workers as tm-run,
+so a job that segfaults kills a worker, not the connection) and sends the results back as JSON. It
 unpickles nothing itself: its workers decode the jobs, after the signature was checked.
 
 Sessions: the slave says hello with a fresh nonce; the master's welcome echoes the nonce
@@ -29,13 +29,15 @@ from typing import Any
 
 import zmq
 
-from . import codec, curve, wire
-from .curve import CurveKeys
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from .interrupts import counting_signals
-from .local import LocalTransport
-from .messages import Event, JobTimedOut, TaskSent, WorkerLost
-from .remote import Body, MalformedBody, dealer_socket, readable, result_body, status_body
+from taskmaster.core.events import Event, JobTimedOut, TaskSent, WorkerLost
+from taskmaster.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from taskmaster.local.signals import counting_signals
+from taskmaster.local.transport import LocalTransport
+from taskmaster.remote import curve, frames
+from taskmaster.remote.curve import CurveKeys
+from taskmaster.remote.protocol import Body, MalformedBody, result_body, status_body
+from taskmaster.remote.sockets import dealer_socket, readable
+from taskmaster.store import codec
 
 HELLO_EVERY = 0.5
 HELLO_UNSENT = 0.05
@@ -45,7 +47,7 @@ MAX_BACKOFF = 30.0
 @dataclass(frozen=True, slots=True)
 class SlaveConfig:
     address: str
-    secret: wire.Secret | None
+    secret: frames.Secret | None
     timeout: float = 15.0  # seconds one attempt to reach the master lasts
     retries: int = 8  # attempts after the first, each after a longer pause
     curve: CurveKeys | None = None  # --curve: encrypt, and talk only to the master's key
@@ -72,11 +74,11 @@ class Slave:
         self.log = log
         self.clock = clock
         self.sender = secrets.token_hex(16)
-        key = wire.frame_key(config.secret)
-        self._sealer = wire.Sealer(key, self.sender)
-        self._opener = wire.Opener(key, wire.SLAVE_MAX_FRAME)
-        self._replay = wire.ReplayGuard()
-        self._limited = wire.RateLimitedLog(log)
+        key = frames.frame_key(config.secret)
+        self._sealer = frames.Sealer(key, self.sender)
+        self._opener = frames.Opener(key, frames.SLAVE_MAX_FRAME)
+        self._replay = frames.ReplayGuard()
+        self._limited = frames.RateLimitedLog(log)
         self.run_id: str | None = None  # the master's run this slave works for
         self.ack = 0  # last seq seen from that master
         self.heard = 0.0
@@ -151,7 +153,7 @@ class Slave:
                 self._next_attempt(now)
             if now >= self.next_hello:
                 body = {"nonce": self.nonce, "pid": os.getpid(), "host": socket.gethostname()}
-                body["max_frame"] = wire.SLAVE_MAX_FRAME
+                body["max_frame"] = frames.SLAVE_MAX_FRAME
                 sent = self._send_now(self._sealer.seal("hello", None, body))
                 # Unsent, it cost nothing (no connection yet): try again soon after one opens.
                 self.next_hello = now + (HELLO_EVERY if sent else HELLO_UNSENT)
@@ -260,20 +262,20 @@ class Slave:
             self._on_frame(parts)
 
     def _on_frame(self, parts: list[bytes]) -> None:
-        if parts == [wire.NOTICE, wire.BAD_SIGNATURE]:
+        if parts == [frames.NOTICE, frames.BAD_SIGNATURE]:
             if self.seeking:
                 raise SlaveExit(EXIT_USAGE, self._bad_signature())
             return
         try:
             msg = self._opener.open(parts)
-        except wire.Dropped as exc:
+        except frames.Dropped as exc:
             self._limited("drop", f"dropped a frame from {self.cfg.address}: {exc}")
             return
-        except wire.VersionMismatch as exc:
+        except frames.VersionMismatch as exc:
             raise SlaveExit(
                 EXIT_USAGE,
                 f"the master at {self.cfg.address} speaks taskmaster protocol {exc.version}, "
-                f"this slave speaks {wire.PROTOCOL}: install the same taskmaster version on "
+                f"this slave speaks {frames.PROTOCOL}: install the same taskmaster version on "
                 "every host",
             ) from None
         if not self._replay.fresh(msg.sender, msg.seq):
@@ -289,10 +291,10 @@ class Slave:
         return (
             f"the master at {self.cfg.address} rejected this slave's signature: its secret "
             f"differs from this slave's ({mine}). Give both the same --secret-file or "
-            f"${wire.SECRET_ENV}"
+            f"${frames.SECRET_ENV}"
         )
 
-    def _on_message(self, msg: wire.Message) -> None:
+    def _on_message(self, msg: frames.Message) -> None:
         body = Body(msg.body)
         if msg.kind == "refused":
             raise SlaveExit(EXIT_USAGE, f"the master refused this slave: {body.text('reason')}")
@@ -318,7 +320,7 @@ class Slave:
         elif msg.kind == "stop":
             self._on_stop(body)
 
-    def _on_welcome(self, msg: wire.Message, body: Body) -> None:
+    def _on_welcome(self, msg: frames.Message, body: Body) -> None:
         if msg.run != self.run_id:
             if self.run_id is not None:
                 self.outbox.clear()  # results for the earlier master: nobody wants them
@@ -333,7 +335,7 @@ class Slave:
         self.heard = self.clock()
         self._queue("leave" if self.leaving else "status")
 
-    def _on_task(self, msg: wire.Message, body: Body) -> None:
+    def _on_task(self, msg: frames.Message, body: Body) -> None:
         name = body.text("codec")
         if name not in (codec.PICKLE, codec.DILL):
             raise MalformedBody(f"unknown codec {name!r}")

@@ -15,8 +15,8 @@ import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .errors import EXIT_FAILED
-from .local import describe_exit
+from taskmaster.errors import EXIT_FAILED
+from taskmaster.local.transport import describe_exit
 
 
 def supervise(argv: list[str], env: dict[str, str], count: int, log: Callable[[str], None]) -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from .messages import (
+from taskmaster.core.events import (
     BatchDone,
     BatchUnreadable,
     Event,
@@ -35,7 +35,13 @@ from .messages import (
     TaskSent,
     WorkerLost,
 )
-from .worker import EXIT_PARENT_GONE, EXIT_SETUP_FAILED, EXIT_TIMEOUT, WorkerSpec, worker_main
+from taskmaster.local.worker import (
+    EXIT_PARENT_GONE,
+    EXIT_SETUP_FAILED,
+    EXIT_TIMEOUT,
+    WorkerSpec,
+    worker_main,
+)
 
 _CAUSES = {
     signal.SIGKILL: "the OOM killer, or someone ran kill -9",

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import codec
-from .errors import StateIOError
+from taskmaster.errors import StateIOError
+from taskmaster.store import codec
 
 
 @dataclass(frozen=True, slots=True)

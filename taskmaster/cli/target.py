@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from .errors import TargetError, UsageError
+from taskmaster.errors import TargetError, UsageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class Target:
 
 def _user_traceback(exc: BaseException) -> str:
     """The traceback of an exception, without importlib's and taskmaster's frames."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package
     frames = [
         f
         for f in traceback.extract_tb(exc.__traceback__)

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from .stats import RunStats, Snapshot
+from taskmaster.core.stats import RunStats, Snapshot
 
 
 def duration(seconds: float | None) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .checkpoint import State
-from .errors import EXIT_OK, GeneratorError
-from .failures import FailureRecord
+from taskmaster.errors import EXIT_OK, GeneratorError
+from taskmaster.store.checkpoint import State
+from taskmaster.store.failures import FailureRecord
 
 
 @dataclass(slots=True)

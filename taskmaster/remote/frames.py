@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import UsageError
+from taskmaster.errors import UsageError
 
 PROTOCOL = 1
 SECRET_ENV = "TASKMASTER_SECRET"

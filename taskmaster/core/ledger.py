@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskmaster.store.checkpoint import ResolvedRange
+
 
 @dataclass(slots=True, eq=False)
 class Unit:
@@ -33,15 +35,6 @@ class Unit:
     @property
     def end(self) -> int:
         return self.start + len(self.jobs)
-
-
-@dataclass(frozen=True, slots=True)
-class ResolvedRange:
-    """A range resolved above the watermark, with the digest of its jobs' encoding."""
-
-    start: int
-    end: int
-    digest: str | None
 
 
 @dataclass(slots=True)

@@ -2,7 +2,7 @@
 
 One step of the loop dispatches what it can, waits for events (or a signal, or a timer),
 handles them, and checkpoints when due. It knows nothing of processes or sockets: any
-:class:`~taskmaster.messages.Transport` works, so the local runner and the ZeroMQ master
+:class:`~taskmaster.core.events.Transport` works, so the local runner and the ZeroMQ master
 share every rule about retries, failures and the watermark.
 
 Rules that keep jobs from being lost:
@@ -24,12 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import codec, failpoints
-from .checkpoint import Anchor, State
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, StateIOError
-from .failures import FailureLog, make_record
-from .ledger import Ledger, Unit
-from .messages import (
+from taskmaster import failpoints
+from taskmaster.core.events import (
     BatchDone,
     BatchUnreadable,
     Event,
@@ -38,10 +34,15 @@ from .messages import (
     Transport,
     WorkerLost,
 )
-from .options import Options
-from .ratelimit import TokenBucket
-from .source import JobSource
-from .stats import Reporter, RunStats, Snapshot, StateSink
+from taskmaster.core.ledger import Ledger, Unit
+from taskmaster.core.ratelimit import TokenBucket
+from taskmaster.core.source import JobSource
+from taskmaster.core.stats import Reporter, RunStats, Snapshot, StateSink
+from taskmaster.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, StateIOError
+from taskmaster.options import Options
+from taskmaster.store import codec
+from taskmaster.store.checkpoint import Anchor, State
+from taskmaster.store.failures import FailureLog, make_record
 
 BATCH_SECONDS = 0.05  # aim for batches of about this much work: short jobs batch, long do not
 MAX_BATCH = 4096

@@ -31,8 +31,16 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
-from . import codec
-from .messages import BatchDone, BatchUnreadable, JobFailed, JobTimedOut, Stop, TaskSent
+from taskmaster.core.events import (
+    BatchDone,
+    BatchUnreadable,
+    JobFailed,
+    JobTimedOut,
+    Stop,
+    TaskSent,
+)
+from taskmaster.errors import describe_error
+from taskmaster.store import codec
 
 EXIT_TIMEOUT = 3  # the worker exits with this after reporting a JobTimedOut
 EXIT_PARENT_GONE = 4
@@ -59,28 +67,6 @@ class WorkerSpec:
     @property
     def is_async(self) -> bool:
         return self.handle_batch is None and inspect.iscoroutinefunction(self.handle_job)
-
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def describe_error(exc: BaseException) -> tuple[str, str]:
-    """``("Type: message", traceback text)`` of an exception, safe for any exception.
-
-    The traceback starts at the user's code: taskmaster's own leading frames are dropped.
-    """
-    try:
-        message = str(exc)
-    except Exception:
-        message = "<exception with failing __str__>"
-    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_HERE):
-        tb = tb.tb_next
-    try:
-        return text, "".join(traceback.format_exception(type(exc), exc, tb))
-    except Exception:
-        return text, ""
 
 
 class _Frames:

@@ -7,16 +7,22 @@ from typing import Any
 
 import click
 
-from .codec import short_repr
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, GeneratorError, TaskmasterError, UsageError
-from .options import default_workers, parse_rate
-from .progress import PlainReporter, RichReporter
-from .replay import retry_failed
-from .runner import default_state_file, failures_file_for, run
-from .source import call_get_jobs
-from .stats import RunStats
-from .status import find_state_file, read_status, render
-from .target import load_target, parse_kwargs
+from taskmaster.cli.progress import PlainReporter, RichReporter
+from taskmaster.cli.status import find_state_file, read_status, render
+from taskmaster.cli.target import load_target, parse_kwargs
+from taskmaster.core.source import call_get_jobs
+from taskmaster.core.stats import RunStats
+from taskmaster.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    GeneratorError,
+    TaskmasterError,
+    UsageError,
+)
+from taskmaster.options import default_workers, parse_rate
+from taskmaster.replay import retry_failed
+from taskmaster.runner import default_state_file, failures_file_for, run
+from taskmaster.store.codec import short_repr
 
 DEFAULT_HANDLE_BATCH_SIZE = 100  # jobs per handle_batch call unless --batch-size says
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

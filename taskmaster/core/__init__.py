@@ -1,0 +1,1 @@
+"""The rules of a run: no processes, no sockets, no files."""

@@ -1,0 +1,1 @@
+"""Forked worker processes on this machine."""

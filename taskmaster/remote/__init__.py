@@ -1,0 +1,1 @@
+"""Several hosts over ZeroMQ: frames, protocol, master, slave, spawn."""
