@@ -49,8 +49,10 @@ class Options:
     resume: bool = _option(False, "Continue from the checkpoint.")
     reset: bool = _option(False, "Delete the checkpoint and failures file first.")
     retries: int = _option(2, "Extra attempts for a job that raises or kills its worker.")
-    retry_delay: float = _option(
-        0.1, "Seconds before the first retry; doubles each time, with jitter."
+    retry_delay: float | None = _option(
+        None,
+        "Seconds before the first retry; doubles each time, with jitter.",
+        default_text="0.1, or 8 while every job fails (an outage)",
     )
     job_timeout: float | None = _option(None, "Seconds a job may run.", default_text="no limit")
     checkpoint_every: float = _option(1.0, "Seconds between checkpoints.")
@@ -72,7 +74,8 @@ class Options:
         _between("threads", self.threads, 1, 4096)
         _between("size", self.size, 1, 100_000_000)
         _between("retries", self.retries, 0, 1000)
-        _positive("retry-delay", self.retry_delay, zero_ok=True)
+        if self.retry_delay is not None:
+            _positive("retry-delay", self.retry_delay, zero_ok=True)
         _positive("checkpoint-every", self.checkpoint_every)
         _positive("drain-timeout", self.drain_timeout, zero_ok=True)
         if self.job_timeout is not None:

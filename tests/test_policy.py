@@ -359,3 +359,32 @@ def test_a_run_to_its_end_is_finished_and_exits_0() -> None:
     stats = coord.final_stats(1.0)
     assert (stats.done, stats.finished, stats.exit_code, stats.stop) == (50, True, EXIT_OK, None)
     assert books.states[-1].finished and books.states[-1].watermark == 50
+
+
+def test_retries_back_off_harder_while_every_job_fails() -> None:
+    coord, transport, clock, books = make(n=40, slots=8, batch_size=1, retry_delay=None)
+    coord.step()
+    for task_id in list(transport.held)[:4]:
+        transport.complete(task_id, failed=[0])
+    coord.step()
+    due = sorted(t.not_before - clock.now for _, _, t in coord.queue.delayed)
+    assert due == [pytest.approx(0.1)] * 4  # a few failures: the short delay
+    for task_id in list(transport.held)[:4]:
+        transport.complete(task_id, failed=[0])
+    coord.step()
+    assert coord.policy.outage
+    due = sorted(t.not_before - clock.now for _, _, t in coord.queue.delayed)
+    assert due[-1] == pytest.approx(8.0)  # eight in a row: an outage, the long delay
+    transport.complete(next(iter(transport.held)))  # one job done: the backend is back
+    coord.step()
+    assert not coord.policy.outage
+
+
+def test_an_explicit_retry_delay_is_kept_during_an_outage() -> None:
+    coord, transport, clock, books = make(n=40, slots=8, batch_size=1, retry_delay=0.5)
+    coord.step()
+    for task_id in list(transport.held):
+        transport.complete(task_id, failed=[0])
+    coord.step()
+    assert coord.policy.outage
+    assert {t.not_before - clock.now for _, _, t in coord.queue.delayed} == {0.5}

@@ -7,7 +7,12 @@ No job is lost by these rules:
   single job is left; a single job that loses its worker is charged an attempt, unless the
   worker had not started it yet or was stopped for another job's timeout;
 - a job that fails is retried ``--retries`` times after a delay that doubles (with jitter,
-  capped at MAX_RETRY_DELAY), then failed for good;
+  capped at MAX_RETRY_DELAY), then failed for good. Without --retry-delay, the first delay
+  is RETRY_DELAY, and while the failures look like an outage
+  (OUTAGE_STREAK failed attempts in a row with no job done between: a database restarting
+  refuses everyone), the delays start at OUTAGE_DELAY instead, so the default retries ride
+  out a restart of tens of seconds. Isolated failures (bad rows among good ones) keep the
+  short delays: a job waiting for its retry holds the watermark, and so the window;
 - while the run stops (Ctrl-C, --max-failures...), nothing is charged: a lost batch stays
   unresolved, for --resume.
 
@@ -37,6 +42,9 @@ from taskmaster.store.failures import FailureKind, FailureRecord, make_record
 SETUP_FAILURES = 3  # workers in a row dying in setup_worker, with no batch done between
 BROKEN_STREAK = 100  # failures for good in a row, none done between: the run is broken
 MAX_RETRY_DELAY = 60.0
+OUTAGE_STREAK = 5  # failed attempts in a row, none done between: the backend looks down
+RETRY_DELAY = 0.1  # first retry delay unless --retry-delay says
+OUTAGE_DELAY = 8.0  # first retry delay during an outage: 8 + 16 s rides out a restart
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,7 @@ class Policy:
         self.state_failed: StateIOError | None = None
         self.failed_this_run = 0
         self._streak = 0  # failures for good since a job was last done
+        self._failing = 0  # failed attempts since a job was last done
         self._setup_failures = 0  # in a row, since a batch was last done
         self._timed_out: dict[int, tuple[int, float]] = {}
 
@@ -105,6 +114,8 @@ class Policy:
             return None
         failpoints.hit("parent.after_ack_before_wm")
         self._setup_failures = 0
+        done = task.size - len(event.failures)
+        self._failing = 0 if done else self._failing + len(event.failures)
         final: list[Failure] = []
         for f in event.failures:
             index = task.lo + f.index
@@ -112,7 +123,6 @@ class Policy:
                 self._retry(task.unit, index, task.attempt)
             else:
                 final.append(Failure(index, f.kind, f.error, f.traceback))
-        done = task.size - len(event.failures)
         self.ledger.resolve(task.unit, done=done)
         if done:
             self._streak = 0
@@ -175,8 +185,16 @@ class Policy:
 
     # -- the rules -------------------------------------------------------------------------
 
+    @property
+    def outage(self) -> bool:
+        """Failures in a row with nothing done between: the backend looks down."""
+        return self._failing >= OUTAGE_STREAK
+
     def retry_delay(self, attempt: int) -> float:
-        base = self.opt.retry_delay * (2 ** (attempt - 1))
+        first = self.opt.retry_delay
+        if first is None:
+            first = OUTAGE_DELAY if self.outage else RETRY_DELAY
+        base = first * (2 ** (attempt - 1))
         return float(min(MAX_RETRY_DELAY, base * (0.5 + self.rng())))
 
     def _retry(self, unit: Unit, index: int, attempt: int) -> None:
