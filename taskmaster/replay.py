@@ -28,12 +28,12 @@ from taskmaster.runner import (
 )
 from taskmaster.store import checkpoint, codec
 from taskmaster.store.checkpoint import State, StateLock
-from taskmaster.store.failures import FailureLog, FailureRecord, read_records
+from taskmaster.store.failures import FailureLog, FailureRecord, load_for_retry, read_records
 
 
 def _load(path: str) -> list[FailureRecord]:
     try:
-        return list(read_records(path))
+        return load_for_retry(path)  # ours and authentic, or refused: payloads get unpickled
     except FileNotFoundError:
         raise UsageError(f"no failures file at {path}: nothing to retry") from None
     except (ValueError, KeyError, TypeError) as exc:

@@ -521,6 +521,7 @@ class Coordinator:
             updated=time.time(),
             runs=self.base.runs,
             rate=(ledger.done - self._initial[0]) / elapsed,
+            window=self.opt.size,
         )
 
     def checkpoint(self, final: bool = False) -> None:
