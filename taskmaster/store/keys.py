@@ -11,6 +11,7 @@ can read, is refused: whoever reads it can forge our files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import os
@@ -73,7 +74,8 @@ def _load(path: str) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise _refuse(path, exc.strerror or str(exc), "fix or remove it") from None
+        why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise _refuse(path, why, "put the key itself there") from None
     try:
         st = os.fstat(fd)
         uid = os.geteuid()
