@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -298,3 +299,25 @@ def test_an_untrustworthy_key_file_is_refused(job: Job, tmp_path: Path, how: str
     result = job.run("1", TM_N="3", TASKMASTER_KEY_FILE=str(key))
     assert_refused(result, f"refusing the key file {key}", says[how])
     assert job.counts() == {}
+
+
+def test_tm_master_never_unpickles_a_planted_checkpoint(job: Job, tmp_path: Path) -> None:
+    pytest.importorskip("zmq")
+    marker = tmp_path / "pwned"
+    job.state.write_bytes(planted_state(marker, version=1))
+    job.state.chmod(0o666)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for extra in ([], ["--resume"]):
+        result = subprocess.run(
+            [*job.remote_args("master", "--address", f"tcp://127.0.0.1:{port}"), *extra],
+            cwd=job.folder,
+            env={**job.env, "TASKMASTER_SECRET": os.urandom(32).hex()},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+        assert_refused(result, "refusing ", "others can write it (mode 666)")
+        assert not marker.exists()
