@@ -46,6 +46,20 @@ def test_planted_symlink_leaves_its_victim_unchanged(job: Job, tmp_path: Path, n
     assert job.counts() == {}
 
 
+def test_planted_fifo_hangs_nothing(job: Job, tmp_path: Path) -> None:
+    os.mkfifo(job.state)
+    status = subprocess.run(
+        [sys.executable, "-c", "from taskmaster.cli.run import status_command; status_command()"],
+        cwd=job.folder,
+        env=job.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert_refused(status, "it is not a regular file")
+    assert_refused(job.run("1", "--resume", TM_N="5"), "it is not a regular file")
+
+
 def test_planted_dangling_symlink_creates_nothing(job: Job, tmp_path: Path) -> None:
     target = tmp_path / "created-by-us"
     (tmp_path / ".jobs.state.json.lock").symlink_to(target)

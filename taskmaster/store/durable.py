@@ -51,8 +51,14 @@ def refusal(path: str, why: str, fix: str = "") -> CheckpointError:
 
 
 def open_file(path: str, flags: int, mode: int = 0o600) -> int:
-    """``os.open`` without following a symlink, retrying while out of descriptors."""
+    """``os.open`` without following a symlink, retrying while out of descriptors.
+
+    A read is opened non-blocking, so a FIFO planted under our name cannot hang the run
+    before its type is checked (regular files ignore the flag).
+    """
     flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+    if flags & os.O_ACCMODE == os.O_RDONLY:
+        flags |= os.O_NONBLOCK
     attempt = 0
     while True:
         try:

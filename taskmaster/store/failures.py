@@ -94,6 +94,7 @@ class FailureLog:
         self.path = path
         self._fd: int | None = None
         # Refuse a planted link or foreign file now, not at the first failure mid-run.
+        durable.check_folder(durable.folder_of(path))
         try:
             st = os.lstat(path)
         except FileNotFoundError:
