@@ -14,7 +14,10 @@ import time
 
 import benchlib as bl
 
-SCRIPTS = ("noop", "memory", "io_threads", "async_io", "checkpoint_cost", "resume_skip")
+SCRIPTS = (
+    *("noop", "memory", "io_threads", "async_io", "checkpoint_cost", "resume_skip"),
+    "resolved_ranges",
+)
 TIMEOUT = 240.0  # per script; a script's own runs are bounded more tightly
 GRACE = 10.0  # seconds a stopped script gets to kill its runs and remove its temp dirs
 

@@ -29,7 +29,7 @@ from taskmaster.options import Options
 from taskmaster.runner import Opened, QuietReporter, execute, failures_file_for, validate_options
 from taskmaster.store import checkpoint, codec
 from taskmaster.store.checkpoint import State
-from taskmaster.store.failures import FailureLog, FailureRecord, read_records
+from taskmaster.store.failures import FailureLog, FailureRecord, load_for_retry, read_records
 
 
 class Replay:
@@ -116,7 +116,7 @@ def retry_failed(
 
 def _load(path: str) -> list[FailureRecord]:
     try:
-        return list(read_records(path))
+        return load_for_retry(path)  # ours and authentic, or refused: payloads get unpickled
     except FileNotFoundError:
         raise UsageError(f"no failures file at {path}: nothing to retry") from None
     except (ValueError, KeyError, TypeError) as exc:

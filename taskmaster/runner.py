@@ -37,6 +37,7 @@ from taskmaster.local.worker import WorkerSpec
 from taskmaster.options import Options
 from taskmaster.store import checkpoint
 from taskmaster.store.checkpoint import State, StateLock
+from taskmaster.store.durable import raise_open_file_limit
 from taskmaster.store.failures import FailureLog
 
 
@@ -367,6 +368,7 @@ def run(
     previous run. Raises TaskmasterError for bad input; returns the run's RunStats.
     """
     opt = validate_options(options)
+    raise_open_file_limit()  # idle connections must not starve the checkpoint of descriptors
     kwargs = dict(kwargs or {})
     check_kwargs(get_jobs, kwargs)
     code = JobCode(handle_job, handle_batch, setup_worker, teardown_worker, kwargs)

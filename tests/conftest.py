@@ -8,13 +8,16 @@ kill between the write and the ack only makes an allowed duplicate.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -25,6 +28,12 @@ import psutil
 import pytest
 
 MARKER_VAR = "TASKMASTER_TEST_MARKER"
+
+# The state files' key (store/keys.py) of every test and every process it starts: never the
+# user's own ~/.config/taskmaster/state.key.
+_KEY_DIR = tempfile.mkdtemp(prefix="tm-test-key-")
+os.environ["TASKMASTER_KEY_FILE"] = os.path.join(_KEY_DIR, "state.key")
+atexit.register(shutil.rmtree, _KEY_DIR, True)
 
 LEDGER_MODULE = """
 import os, threading, time

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from taskmaster import failpoints
 from taskmaster.core.ledger import ResolvedRange
 from taskmaster.errors import CheckpointError, LockedError, StateIOError
-from taskmaster.store import checkpoint, codec
+from taskmaster.store import checkpoint, codec, durable
 from taskmaster.store.checkpoint import Anchor, State, StateLock
 
 
@@ -62,6 +62,7 @@ def make_state(job: Any = 42, **changes: Any) -> State:
         "updated": 1712345699.5,
         "runs": 3,
         "rate": 1234.5,
+        "window": 1000,
         "extra": {"note": "x"},
     }
     fields.update(changes)
@@ -142,10 +143,10 @@ def test_state_without_anchor_round_trips() -> None:
 
 def test_file_is_readable_json_with_fingerprint() -> None:
     doc = json.loads(VALID)
-    assert doc["format"] == "taskmaster-checkpoint" and doc["version"] == 1
+    assert doc["format"] == "taskmaster-checkpoint" and doc["version"] == 2
     assert doc["watermark"] == 7 and doc["resolved"] == [[9, 12, "abc"], [20, 21, None]]
     assert doc["fingerprint"] == checkpoint.fingerprint("jobs:get_jobs", doc["kwargs"])
-    assert doc["checksum"].startswith("sha256:")
+    assert doc["checksum"].startswith("hmac-sha256:")
     assert (
         checkpoint.fingerprint("jobs:get_jobs", {"n": "11", "table": "users"})
         != (doc["fingerprint"])
@@ -157,7 +158,7 @@ def test_read_returns_none_without_a_file(tmp_path: Path) -> None:
 
 
 def test_read_refuses_a_folder(tmp_path: Path) -> None:
-    with pytest.raises(StateIOError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="not a regular file"):
         checkpoint.read(str(tmp_path))
 
 
@@ -192,7 +193,7 @@ def _edited(**fields: Any) -> bytes:
         (_edited(kwargs={"table": "orders", "n": "10"}), "checksum"),
         (_edited(checksum="sha256:" + "0" * 64), "checksum"),
         (_edited(checksum=None), "checksum"),
-        (_edited(version=2), "version 2"),
+        (_edited(version=3), "version 3"),
         (_edited(version="1"), "version '1'"),
         (_edited(format="another-tool-checkpoint"), "not a taskmaster checkpoint"),
     ],
@@ -453,7 +454,7 @@ def test_fsync_error_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         calls.append(fd)
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", failing_fsync)
+    monkeypatch.setattr(durable.os, "fsync", failing_fsync)
     with pytest.raises(StateIOError, match="Input/output error"):
         checkpoint.write_durable(str(path), b"new")
     monkeypatch.undo()
@@ -463,7 +464,7 @@ def test_fsync_error_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_write = os.write
-    monkeypatch.setattr(checkpoint.os, "write", lambda fd, data: real_write(fd, data[:7]))
+    monkeypatch.setattr(durable.os, "write", lambda fd, data: real_write(fd, data[:7]))
     checkpoint.write_durable(str(tmp_path / "s.json"), VALID)
     monkeypatch.undo()
     assert (tmp_path / "s.json").read_bytes() == VALID
@@ -557,7 +558,7 @@ def test_lock_is_per_state_file(tmp_path: Path) -> None:
 
 
 def test_lock_in_an_unwritable_place_is_an_io_error(tmp_path: Path) -> None:
-    with pytest.raises(StateIOError, match="lock file"):
+    with pytest.raises(StateIOError, match="cannot use the folder .*/no/such"):
         StateLock(str(tmp_path / "no" / "such" / "s.json")).acquire()
 
 
@@ -578,7 +579,7 @@ def test_lock_released_while_a_second_run_opens_it(
             a.release()
         real_flock(fd, op)
 
-    monkeypatch.setattr(checkpoint.fcntl, "flock", flock_after_release)
+    monkeypatch.setattr(durable.fcntl, "flock", flock_after_release)
     b.acquire()
     monkeypatch.undo()
     try:
@@ -595,7 +596,7 @@ def test_lock_released_while_a_second_run_opens_it(
 class FakeDisk:
     """One folder on a disk that loses whatever was not synced (SQLite's crash-test model).
 
-    Stands in for ``os`` inside checkpoint.py: the writer sees an ordinary file system, and
+    Stands in for ``os`` inside durable.py: the writer sees an ordinary file system, and
     every call that matters is recorded, so each crash point can be replayed afterwards.
     ``skip`` turns the file's or the folder's fsync into a no-op (a mutation to detect).
     """
@@ -709,7 +710,7 @@ def _power_loss_violations(
     new = make_state(watermark=9, done=13, updated=1712345700.0)
     path = str(tmp_path / "jobs.state.json")
     disk = FakeDisk(str(tmp_path), "jobs.state.json", old and checkpoint.encode(old), skip)
-    monkeypatch.setattr(checkpoint, "os", disk)
+    monkeypatch.setattr(durable, "os", disk)
     checkpoint.write_durable(path, checkpoint.encode(new))
     monkeypatch.undo()
     assert disk.ops, "the writer made no calls"

@@ -13,8 +13,8 @@ import glob
 import os
 from dataclasses import dataclass, field
 
-from taskmaster.errors import UsageError
-from taskmaster.store import checkpoint
+from taskmaster.errors import TaskmasterError, UsageError
+from taskmaster.store import checkpoint, codec, durable
 from taskmaster.store.checkpoint import State, StateLock
 from taskmaster.store.failures import FailureRecord, read_records
 
@@ -52,8 +52,8 @@ def running_pid(state_path: str) -> str | None:
     """The pid of the run holding the state file's lock, or None if none holds it."""
     lock = StateLock(state_path).path
     try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
+        fd = durable.open_file(lock, os.O_RDONLY)
+    except (OSError, TaskmasterError):
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -80,7 +80,7 @@ def group_failures(path: str) -> list[FailureGroup]:
 
 
 def read_status(path: str, failures_path: str) -> Status:
-    state = checkpoint.read(path)
+    state = checkpoint.read(path, unpickle=False)  # never run a pickle from a file to show it
     if state is None:
         raise UsageError(f"no state file at {path}")
     return Status(path, state, running_pid(path), failures_path, group_failures(failures_path))
@@ -113,6 +113,8 @@ def render(status: Status) -> str:
         f"checkpoint   {_when(s.updated)}",
         f"last rate    {s.rate:,.0f} jobs/s (run {s.runs})",
     ]
+    if s.anchor is not None:
+        lines.append(f"resumes at   job {s.anchor.seq:,}: {codec.short_repr(s.anchor.job, 100)}")
     if s.limit is not None:
         lines.append(f"limit        {s.limit:,} (--limit; --resume without it goes on)")
     if status.groups:

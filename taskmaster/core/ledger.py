@@ -13,6 +13,7 @@ pass a seq whose result has not arrived.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,6 +49,9 @@ class Ledger:
     _open: dict[int, Unit] = field(default_factory=dict)
     _starts: list[int] = field(default_factory=list)  # heap of open starts, lazily pruned
     _resolved: dict[int, ResolvedRange] = field(default_factory=dict)
+    # The starts of _resolved, sorted: a resume may bring tens of thousands of ranges, and
+    # a scan per pull made that quadratic.
+    _resolved_starts: list[int] = field(default_factory=list)
     tail: tuple[int, Any] | None = None  # (seq, job) of the last job pulled
 
     @classmethod
@@ -58,8 +62,18 @@ class Ledger:
         ledger = cls(next_seq=watermark, done=done, failed=failed)
         for rng in resolved:
             if rng.start >= watermark and rng.end > rng.start:
-                ledger._resolved[rng.start] = rng
+                ledger._add_resolved(rng)
         return ledger
+
+    def _add_resolved(self, rng: ResolvedRange) -> None:
+        if rng.start not in self._resolved:
+            bisect.insort(self._resolved_starts, rng.start)
+        self._resolved[rng.start] = rng
+
+    def _drop_resolved(self, start: int) -> None:
+        if self._resolved.pop(start, None) is not None:
+            starts = self._resolved_starts
+            del starts[bisect.bisect_left(starts, start)]
 
     @property
     def watermark(self) -> int:
@@ -85,7 +99,7 @@ class Ledger:
         self._open[unit.start] = unit
         # A range the last run resolved whose jobs changed since runs again: until it is
         # resolved again, the checkpoint must not list it as resolved.
-        self._resolved.pop(unit.start, None)
+        self._drop_resolved(unit.start)
         heapq.heappush(self._starts, unit.start)
         self.held += len(jobs)
         self.tail = (unit.end - 1, jobs[-1])
@@ -98,8 +112,9 @@ class Ledger:
 
     def next_resolved_start(self) -> int | None:
         """The start of the next recorded resolved range at or after ``next_seq``."""
-        later = [s for s in self._resolved if s >= self.next_seq]
-        return min(later) if later else None
+        starts = self._resolved_starts
+        i = bisect.bisect_left(starts, self.next_seq)
+        return starts[i] if i < len(starts) else None
 
     def is_resolved(self, seq: int) -> bool:
         """Whether ``seq`` (already pulled) is done or failed for good."""
@@ -130,7 +145,7 @@ class Ledger:
             del self._open[unit.start]
             self.held -= len(unit.jobs)
             if not was_lowest:
-                self._resolved[unit.start] = ResolvedRange(unit.start, unit.end, unit.digest)
+                self._add_resolved(ResolvedRange(unit.start, unit.end, unit.digest))
 
     def settled(self) -> tuple[int, int]:
         """(done, failed) without the jobs of open units: what a checkpoint may count.
@@ -147,6 +162,11 @@ class Ledger:
     def resolved_above(self) -> list[ResolvedRange]:
         """Ranges resolved above the watermark, oldest first; prunes the ones below it."""
         wm = self.watermark
-        for start in [s for s, r in self._resolved.items() if r.end <= wm]:
-            del self._resolved[start]
-        return sorted(self._resolved.values(), key=lambda r: r.start)
+        starts = self._resolved_starts
+        # Ranges never overlap, so the ones wholly below the watermark are a prefix.
+        gone = 0
+        while gone < len(starts) and self._resolved[starts[gone]].end <= wm:
+            del self._resolved[starts[gone]]
+            gone += 1
+        del starts[:gone]
+        return [self._resolved[s] for s in starts]

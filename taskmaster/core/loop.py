@@ -315,6 +315,7 @@ class Coordinator:
             updated=time.time(),
             runs=self.base.runs,
             rate=(ledger.done - self._initial_done) / elapsed,
+            window=self.opt.size,
         )
 
     def checkpoint(self, final: bool = False) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from taskmaster.errors import CheckpointError, GeneratorError, UsageError, describe_error
 from taskmaster.store import codec
-from taskmaster.store.checkpoint import Anchor
+from taskmaster.store.checkpoint import Anchor, StoredJob
 
 
 class JobSource:
@@ -123,6 +123,14 @@ def open_source(
     if anchor is None:
         return call_get_jobs(get_jobs, kwargs)
     unresolved = anchor.seq == watermark
+    if isinstance(anchor.job, StoredJob):  # too big to keep: its digest and seq must do
+        source = _skip_to(get_jobs, kwargs, watermark, anchor)
+        source.notice = (
+            f"the job to resume from ({anchor.job.size:,} bytes encoded) was too big to keep "
+            f"in the checkpoint, so get_jobs started from the beginning and its first "
+            f"{anchor.seq:,} jobs were skipped"
+        )
+        return source
     if accepts_last(get_jobs):
         source = call_get_jobs(get_jobs, {**kwargs, "last": anchor.job})
         if source.total is not None:  # what is left, from the anchor on

@@ -1,33 +1,45 @@
-"""The state file: what it holds, how it is checked, and how it is written durably.
+"""The state file: what it holds, how it is authenticated, and how it is read.
 
-The file is JSON a person can read. A SHA-256 over its canonical form catches bit flips,
-truncation and hand edits; a corrupt file is refused, never overwritten. The job at the
-anchor (handed back to ``get_jobs`` as ``last``) is stored as JSON when it round-trips
-exactly, else as base64 pickle that is decoded only after the checksum matched.
+The file is JSON a person can read. An HMAC-SHA256 over its canonical form, keyed by the
+per-user key outside the state folder (see keys.py), catches bit flips, truncation and hand
+edits, and refuses a file another user wrote or that was copied from elsewhere; a refused
+file is never overwritten. Version 1 files (before the key) carry a plain SHA-256 and are
+still read, so a run stopped before the upgrade resumes.
 
-Write recipe (see RELIABILITY.md): temp file in the same folder, fsync, ``os.replace``,
-fsync of the folder. A crash at any point leaves the old or the new file, never a torn one.
+The job at the anchor (handed back to ``get_jobs`` as ``last``) is stored as JSON when it
+round-trips exactly, else as base64 pickle, decoded only for a run, after the MAC matched
+and the file and its folder passed the ownership checks (durable.py); ``tm-status`` never
+decodes it. An anchor whose encoding is over MAX_ANCHOR_BYTES is stored as its digest and
+seq only (see there).
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import errno
-import fcntl
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskmaster import failpoints
-from taskmaster.errors import CheckpointError, LockedError, StateIOError
-from taskmaster.store import codec
+from taskmaster.errors import CheckpointError
+from taskmaster.store import codec, durable, keys
+from taskmaster.store.durable import StateLock as StateLock  # re-exported: the state file's API
+from taskmaster.store.durable import fsync_dir as fsync_dir
+from taskmaster.store.durable import remove_stale_temps as remove_stale_temps
+from taskmaster.store.durable import state_path_of as state_path_of
+from taskmaster.store.durable import write_durable as write_durable
 
 FORMAT = "taskmaster-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: HMAC with the per-user key and the window; 1: plain SHA-256
 MAX_STATE_BYTES = 64 * 1024 * 1024  # a window of ranges is tiny; anything bigger is not ours
+# A job that encodes to more than this is not kept in the checkpoint, which is rewritten
+# every second: 100 MB anchors made each write 133 MB of base64 and the file too big to
+# read back. Its digest and seq suffice to resume: the first jobs are skipped as for a
+# get_jobs without `last` (see core/source.py), then the digest is checked.
+MAX_ANCHOR_BYTES = 1024 * 1024
+# The widest window a run can have (--size); a version 1 file, which does not record its
+# window, must keep its resolved ranges within this much of its watermark.
+MAX_WINDOW = 100_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +61,17 @@ class Anchor:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredJob:
+    """An anchor job that was not decoded: too big to store, or read by ``tm-status``."""
+
+    text: str  # the repr stored beside it
+    size: int = 0  # bytes of its encoding, when known
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True, slots=True)
 class State:
     target: str
     kwargs: dict[str, str]
@@ -63,6 +86,7 @@ class State:
     updated: float = 0.0
     runs: int = 1
     rate: float = 0.0  # jobs/s of the latest run, for tm-status
+    window: int = 0  # the run's --size: no resolved range reaches further past the watermark
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,13 +95,21 @@ def fingerprint(target: str, kwargs: dict[str, str]) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
-def _checksum(doc: dict[str, Any]) -> str:
+def _canonical(doc: dict[str, Any]) -> bytes:
     body = {k: v for k, v in doc.items() if k != "checksum"}
-    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _checksum(doc: dict[str, Any]) -> str:
+    """The MAC a file of ``doc``'s version carries (version 1: a plain SHA-256)."""
+    if doc.get("version") == 1:
+        return "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()
+    return keys.sign(_canonical(doc))
 
 
 def _encode_job(job: Any) -> dict[str, Any]:
+    if isinstance(job, StoredJob):
+        return {"repr": job.text, "omitted": job.size}
     out: dict[str, Any] = {"repr": codec.short_repr(job)}
     try:
         if json.loads(json.dumps(job)) == job and _same_types(job):
@@ -86,7 +118,10 @@ def _encode_job(job: Any) -> dict[str, Any]:
     except (TypeError, ValueError, RecursionError):
         pass
     name, data = codec.dumps(job)
-    out[name] = base64.b64encode(data).decode("ascii")
+    if len(data) > MAX_ANCHOR_BYTES:
+        out["omitted"] = len(data)
+    else:
+        out[name] = base64.b64encode(data).decode("ascii")
     return out
 
 
@@ -101,12 +136,17 @@ def _same_types(job: Any) -> bool:
     return False
 
 
-def _decode_job(doc: dict[str, Any]) -> Any:
+def _decode_job(doc: dict[str, Any], unpickle: bool) -> Any:
     if "json" in doc:
         return doc["json"]
+    if "omitted" in doc:
+        return StoredJob(str(doc["repr"]), int(doc["omitted"]))
     for name in (codec.PICKLE, codec.DILL):
         if name in doc:
-            return codec.loads(name, base64.b64decode(doc[name], validate=True))
+            data = base64.b64decode(doc[name], validate=True)
+            if not unpickle:
+                return StoredJob(str(doc.get("repr", "?")), len(data))
+            return codec.loads(name, data)
     raise ValueError("anchor job has no payload")
 
 
@@ -136,19 +176,41 @@ def encode(state: State) -> bytes:
         "updated": state.updated,
         "runs": state.runs,
         "rate": round(state.rate, 3),
+        "window": _window(state),
         "extra": state.extra,
     }
     doc["checksum"] = _checksum(doc)
-    return (json.dumps(doc, indent=1) + "\n").encode()
+    # One key per line, each value compact: readable with cat, and written by the C encoder
+    # (json.dumps with indent is pure Python: 2 s a checkpoint with 40,000 resolved ranges).
+    lines = [f" {json.dumps(k)}: {json.dumps(v, separators=(', ', ': '))}" for k, v in doc.items()]
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
 
 
-def decode(data: bytes, path: str = "state file") -> State:
-    """Parse and verify a state file; raises CheckpointError on anything not ours or corrupt."""
-    how = "run with --reset to start over (this deletes it), or --state-file to use another"
+def _window(state: State) -> int:
+    # A resumed run may carry ranges from a run with a larger --size than its own.
+    reach = max((r.end for r in state.resolved), default=state.watermark) - state.watermark
+    return max(state.window, reach, 1)
+
+
+HOW = "run with --reset to start over (this deletes it), or --state-file to use another"
+
+
+def decode(
+    data: bytes, path: str = "state file", *, unpickle: bool = True, size: int | None = None
+) -> State:
+    """Parse and verify a state file; raises CheckpointError on anything not ours or corrupt.
+
+    With ``unpickle=False`` a pickled anchor job stays a StoredJob. ``unpickle=True`` is for
+    bytes read from a file that passed the ownership checks (``read`` does them).
+    """
+    how = HOW
     if not data.strip():
         raise CheckpointError(f"{path} is empty: it is not a taskmaster checkpoint; {how}.")
     if len(data) > MAX_STATE_BYTES:
-        raise CheckpointError(f"{path} is {len(data)} bytes, too big to be a checkpoint; {how}.")
+        raise CheckpointError(
+            f"{path} is {size or len(data):,} bytes, too big to be a checkpoint (the most "
+            f"one may have is {MAX_STATE_BYTES:,}); {how}."
+        )
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -157,18 +219,20 @@ def decode(data: bytes, path: str = "state file") -> State:
         ) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a taskmaster checkpoint; {how}.")
-    if doc.get("version") != VERSION:
+    version = doc.get("version")
+    if type(version) is not int or version not in (1, VERSION):
         raise CheckpointError(
-            f"{path} has format version {doc.get('version')!r}; this taskmaster reads version "
+            f"{path} has format version {version!r}; this taskmaster reads versions 1 to "
             f"{VERSION}. Use the taskmaster that wrote it, or {how}."
         )
-    if doc.get("checksum") != _checksum(doc):
+    if not _authentic(doc):
         raise CheckpointError(
-            f"{path} fails its checksum: it was corrupted or edited by hand. It was left as it "
-            f"is; {how}."
+            f"{path} fails its checksum: it was corrupted, edited by hand, or written with "
+            f"another key than yours ({keys.key_path()}: another user's file, or one from "
+            f"before that key file was replaced). It was left as it is; {how}."
         )
     try:
-        return _state_from(doc)
+        state = _state_from(doc, unpickle)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path} has a malformed field ({exc!r}); {how}.") from None
     except Exception as exc:  # the anchor job failed to unpickle: its class may be gone
@@ -176,13 +240,49 @@ def decode(data: bytes, path: str = "state file") -> State:
             f"{path}: the job to resume from cannot be decoded ({type(exc).__name__}: {exc}). "
             f"Is the job module's code importable as when the run started? Else {how}."
         ) from None
+    _check_ranges(state, int(doc.get("window") or MAX_WINDOW), path)
+    return state
 
 
-def _state_from(doc: dict[str, Any]) -> State:
+def _authentic(doc: dict[str, Any]) -> bool:
+    tag = doc.get("checksum")
+    if doc.get("version") == 1:
+        return tag == _checksum(doc)
+    return keys.verify(_canonical(doc), tag)
+
+
+def _check_ranges(state: State, window: int, path: str) -> None:
+    """Refuse resolved ranges no run could have written: a resume would trust them."""
+    ranges = state.resolved
+    problem = ""
+    if not 0 < window <= MAX_WINDOW:
+        problem = f"its window of {window:,} jobs is not a possible --size"
+    elif len(ranges) > window:
+        problem = f"it lists {len(ranges):,} resolved ranges in a window of {window:,} jobs"
+    else:
+        floor = state.watermark
+        for r in ranges:
+            if r.start < floor or r.end <= r.start or r.end > state.watermark + window:
+                problem = (
+                    f"its resolved range {r.start}-{r.end} is not after the previous one "
+                    f"within the window of {window:,} jobs from the watermark "
+                    f"{state.watermark:,}"
+                )
+                break
+            floor = r.end
+    if problem:
+        raise CheckpointError(
+            f"{path} cannot have been written by a taskmaster run: {problem}. It was left "
+            f"as it is; {HOW}."
+        )
+
+
+def _state_from(doc: dict[str, Any], unpickle: bool) -> State:
     anchor = None
     if doc["anchor"] is not None:
         a = doc["anchor"]
-        anchor = Anchor(seq=int(a["seq"]), digest=str(a["digest"]), job=_decode_job(a["job"]))
+        job = _decode_job(a["job"], unpickle)
+        anchor = Anchor(seq=int(a["seq"]), digest=str(a["digest"]), job=job)
     kwargs = doc["kwargs"]
     if not isinstance(kwargs, dict):
         raise TypeError("kwargs is not an object")
@@ -203,141 +303,20 @@ def _state_from(doc: dict[str, Any]) -> State:
         updated=float(doc["updated"]),
         runs=int(doc.get("runs", 1)),
         rate=float(doc.get("rate", 0.0)),
+        window=int(doc.get("window") or 0),
         extra=dict(doc.get("extra") or {}),
     )
 
 
-def read(path: str) -> State | None:
-    """Read and verify the state file at ``path``; None when there is none."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_STATE_BYTES + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StateIOError(f"cannot read the state file {path}: {exc.strerror}") from None
-    return decode(data, path)
+def read(path: str, *, unpickle: bool = True) -> State | None:
+    """Read and verify the state file at ``path``; None when there is none.
 
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durable(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably, or raise StateIOError.
-
-    A failed write or fsync is never retried and trusted: the temp file goes, the old
-    file stays, and the error propagates (an fsync that failed once may have dropped pages).
+    It is opened without following a link. For a run (``unpickle``), the file must be
+    yours, writable by you alone, in a folder others cannot write (durable.check_file and
+    check_folder); ``tm-status`` passes ``unpickle=False`` and only the MAC is checked.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
-    try:
-        failpoints.hit("ckpt.before_tmp_write")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            failpoints.hit("ckpt.after_tmp_write")
-            os.fsync(fd)
-            failpoints.hit("ckpt.after_fsync")
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        failpoints.hit("ckpt.after_rename")
-        fsync_dir(folder)
-        failpoints.hit("ckpt.after_dirsync")
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise StateIOError(
-            f"writing the checkpoint {path} failed: {exc.strerror or exc} "
-            f"({errno.errorcode.get(exc.errno or 0, exc.errno)}). The last good checkpoint was "
-            "kept; free space or fix the folder, then run again with --resume."
-        ) from None
-
-
-def remove_stale_temps(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}.tmp."
-    with contextlib.suppress(OSError):
-        for name in os.listdir(folder):
-            if name.startswith(prefix):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(folder, name))
-
-
-class StateLock:
-    """An exclusive lock on a state file, held for the run's life (flock on a side file)."""
-
-    def __init__(self, state_path: str) -> None:
-        folder, name = os.path.split(os.path.abspath(state_path))
-        self.path = os.path.join(folder, f".{name}.lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        while True:
-            fd = self._lock_file()
-            # The holder before us removes the file as it releases it: if the file we
-            # locked is no longer at self.path, a run starting now would lock another one.
-            if self._still_current(fd):
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def _lock_file(self) -> int:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StateIOError(
-                f"cannot create the lock file {self.path}: {exc.strerror}. Is the folder "
-                "writable? Pick another with --state-file."
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            pid = _read_pid(self.path)
-            who = f" (pid {pid})" if pid else ""
-            raise LockedError(
-                f"another taskmaster run{who} is using the state file "
-                f"{state_path_of(self.path)}. Wait for it to finish or stop it first; two "
-                "runs on one checkpoint would both lose track of jobs."
-            ) from None
-        return fd
-
-    def _still_current(self, fd: int) -> bool:
-        try:
-            now = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        held = os.fstat(fd)
-        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-            os.close(self._fd)
-            self._fd = None
-
-
-def state_path_of(lock_path: str) -> str:
-    folder, name = os.path.split(lock_path)
-    return os.path.join(folder, name[1:].removesuffix(".lock"))
-
-
-def _read_pid(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read(20).strip()
-    except OSError:
-        return ""
+    got = durable.read_checked(path, MAX_STATE_BYTES, owned=unpickle)
+    if got is None:
+        return None
+    data, size = got
+    return decode(data, path, unpickle=unpickle, size=size)

@@ -64,7 +64,9 @@ def job_digest(job: Any) -> str:
 
 def short_repr(obj: Any, limit: int = 200) -> str:
     try:
-        text = repr(obj)
+        # A huge string or bytes job (100 MB) must not be copied whole into its repr.
+        big = isinstance(obj, (str, bytes, bytearray)) and len(obj) > limit
+        text = repr(obj[:limit]) + "..." if big else repr(obj)
     except Exception as exc:  # a broken __repr__ must not break the run
         text = f"<{type(obj).__name__} with failing repr: {exc!r}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

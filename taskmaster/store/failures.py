@@ -2,6 +2,11 @@
 
 A failed job counts as resolved only after its line is durably written, so the watermark
 never passes a failure that could be lost in a crash.
+
+Each line carries an HMAC under the per-user key (keys.py): ``--retry-failed`` decodes a
+job's pickled payload only from a line whose MAC holds, in a file that passed the ownership
+checks (durable.py). Lines written before the MAC existed have no ``mac`` field and are
+trusted on the ownership checks alone, as version 1 checkpoints are.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from taskmaster.errors import StateIOError
-from taskmaster.store import codec
+from taskmaster.errors import CheckpointError, StateIOError
+from taskmaster.store import codec, durable, keys
+
+MAX_LISTED = 10  # line numbers named in a refusal
 
 
 class FailureKind(enum.Enum):
@@ -62,25 +69,26 @@ class FailureRecord:
     kind: FailureKind = FailureKind.RAISED
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "seq": self.seq,
-                "kind": self.kind.value,
-                "job": self.job_repr,
-                "codec": self.codec,
-                "payload": None
-                if self.payload is None
-                else base64.b64encode(self.payload).decode(),
-                "error": self.error,
-                "traceback": self.traceback,
-                "attempts": self.attempts,
-                "time": round(self.time, 3),
-            }
-        )
+        doc: dict[str, Any] = {
+            "seq": self.seq,
+            "kind": self.kind.value,
+            "job": self.job_repr,
+            "codec": self.codec,
+            "payload": None if self.payload is None else base64.b64encode(self.payload).decode(),
+            "error": self.error,
+            "traceback": self.traceback,
+            "attempts": self.attempts,
+            "time": round(self.time, 3),
+        }
+        doc["mac"] = keys.sign(_canonical(doc))
+        return json.dumps(doc)
 
     @classmethod
     def from_json(cls, line: str) -> FailureRecord:
-        d = json.loads(line)
+        return cls.from_doc(json.loads(line))
+
+    @classmethod
+    def from_doc(cls, d: dict[str, Any]) -> FailureRecord:
         payload = d.get("payload")
         error = str(d.get("error", ""))
         try:
@@ -98,6 +106,11 @@ class FailureRecord:
             time=float(d.get("time", 0.0)),
             kind=kind,
         )
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in doc.items() if k != "mac"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def make_record(
@@ -120,6 +133,19 @@ class FailureLog:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
+        # Refuse a planted link or foreign file now, not at the first failure mid-run.
+        durable.check_folder(durable.folder_of(path))
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StateIOError(f"cannot use the failures file {path}: {exc.strerror}") from None
+        if os.path.islink(path):
+            raise durable.refusal(
+                path, "it is a symbolic link, and taskmaster never follows links there"
+            )
+        durable.check_file(path, st)
 
     def append(self, records: list[FailureRecord]) -> None:
         if not records:
@@ -128,7 +154,13 @@ class FailureLog:
         size = None
         try:
             if self._fd is None:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = durable.open_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                try:
+                    durable.check_file(self.path, os.fstat(fd))
+                except CheckpointError:
+                    os.close(fd)
+                    raise
+                self._fd = fd
             size = os.fstat(self._fd).st_size
             view = memoryview(data)
             while view:
@@ -150,11 +182,54 @@ class FailureLog:
             self._fd = None
 
 
-def read_records(path: str) -> Iterator[FailureRecord]:
-    """The records of a failures file; a torn last line (crash mid-append) is skipped."""
-    with open(path, encoding="utf-8") as f:
+def _lines(path: str, owned: bool = False) -> Iterator[str]:
+    """The complete lines of a failures file, opened without following a link; with
+    ``owned``, it must pass durable.check_file."""
+    fd = durable.open_file(path, os.O_RDONLY)
+    try:
+        if owned:
+            durable.check_file(path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, encoding="utf-8") as f:
         for line in f:
             if not line.endswith("\n"):
-                break
-            if line.strip():
-                yield FailureRecord.from_json(line)
+                break  # a torn last line (crash mid-append)
+            yield line
+
+
+def read_records(path: str) -> Iterator[FailureRecord]:
+    """The records of a failures file, unverified (for display); a torn last line is skipped."""
+    for line in _lines(path):
+        if line.strip():
+            yield FailureRecord.from_json(line)
+
+
+def load_for_retry(path: str) -> list[FailureRecord]:
+    """The records of a file of ours whose every line is authentic: their payloads may be
+    unpickled. Raises CheckpointError naming the lines that are not."""
+    durable.check_folder(durable.folder_of(path))
+    records, bad = [], []
+    for number, line in enumerate(_lines(path, owned=True), 1):
+        if not line.strip():
+            continue
+        doc = json.loads(line)
+        if not isinstance(doc, dict):
+            raise ValueError(f"line {number} is not an object")
+        if "mac" in doc and not keys.verify(_canonical(doc), doc["mac"]):
+            bad.append(number)
+            continue
+        records.append(FailureRecord.from_doc(doc))
+    if bad:
+        listed = ", ".join(map(str, bad[:MAX_LISTED])) + (
+            f" and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        )
+        which = f"lines {listed} fail their" if len(bad) > 1 else f"line {listed} fails its"
+        raise CheckpointError(
+            f"refusing {path}: {which} MAC: "
+            f"edited, or written with another key than yours ({keys.key_path()}). Their "
+            "jobs were not decoded and nothing was run; the file was left as it is. Delete "
+            "those lines (their jobs are lost to --retry-failed) to retry the others."
+        )
+    return records
