@@ -33,6 +33,7 @@ from taskmaster.core.stats import RunStats
 from taskmaster.errors import EXIT_USAGE, TaskmasterError, UsageError
 from taskmaster.options import Options, parse_rate
 from taskmaster.remote import frames
+from taskmaster.remote.secret import forget_env_secret
 from taskmaster.remote.spawn import supervise
 from taskmaster.replay import retry_failed
 from taskmaster.runner import default_state_file, make_local_transport, run
@@ -92,7 +93,7 @@ def _explicit_secret(secret_file: str | None) -> frames.Secret | None:
     try:
         return frames.load_secret(secret_file, os.environ)
     finally:
-        os.environ.pop(frames.SECRET_ENV, None)
+        forget_env_secret()
 
 
 def _start_up() -> None:
@@ -164,7 +165,7 @@ def master_command(
         if opts.pop("dry_run"):
             _dry_run(tgt.get_jobs, kwargs, opts["limit"] or 10)
             return
-        secret = explicit or frames.find_secret(None, {})
+        secret = explicit or frames.user_secret(os.environ)
         address = frames.master_address(address, secret)
         if not 0.1 <= heartbeat_timeout <= 3600:
             raise UsageError(
@@ -320,7 +321,7 @@ def slave_command(
         finished_fd = _finished_fd()
         kwargs = parse_kwargs(args)
         tgt = load_target(target, handle_job=handle_job_name, need_get_jobs=False)
-        secret = secret or frames.find_secret(None, {})
+        secret = secret or frames.user_secret(os.environ)
         address = frames.slave_address(address, secret)
         _check_patience(timeout, retries)
         opt = Options(workers=workers, threads=threads, job_timeout=job_timeout)
@@ -393,7 +394,7 @@ def spawn_command(
             raise UsageError(f"COUNT must be a whole number from 1 to 1024, got {count}")
         parse_kwargs(args)
         load_target(target, handle_job=handle_job_name, need_get_jobs=False)  # fail once, here
-        secret = explicit or frames.find_secret(None, {})
+        secret = explicit or frames.user_secret(os.environ)
         address = frames.slave_address(address, secret)
         _check_patience(timeout, retries)
         _curve_keys(curve, secret)

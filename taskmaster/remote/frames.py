@@ -52,6 +52,7 @@ from taskmaster.remote.secret import load_secret as load_secret
 from taskmaster.remote.secret import master_address as master_address
 from taskmaster.remote.secret import parse_address as parse_address
 from taskmaster.remote.secret import slave_address as slave_address
+from taskmaster.remote.secret import user_secret as user_secret
 
 PROTOCOL = 2  # 2: direction and recipient in the header, a key per direction
 MAX_ID = 64  # longest sender or run id accepted

@@ -15,6 +15,7 @@ master), each derived from the secret, so a frame cannot be reflected back or si
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import hmac
 import ipaddress
@@ -81,6 +82,23 @@ def load_secret(path: str | None, environ: Mapping[str, str]) -> Secret | None:
     if SECRET_ENV in environ:
         return _checked(environ[SECRET_ENV].encode("utf-8", "surrogateescape"), SECRET_ENV, None)
     return None
+
+
+def forget_env_secret() -> None:
+    """Take ``$TASKMASTER_SECRET`` out of this process's environment, before user code runs.
+
+    Its bytes are overwritten in place first, where ``/proc/<pid>/environ`` would still
+    show them; then it leaves ``os.environ``, so no worker, job or process a job starts
+    inherits it.
+    """
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        libc = ctypes.CDLL(None)
+        libc.getenv.restype = ctypes.c_void_p
+        libc.getenv.argtypes = [ctypes.c_char_p]
+        address = libc.getenv(SECRET_ENV.encode())
+        if address:
+            ctypes.memset(address, 0, len(ctypes.string_at(address)))
+    os.environ.pop(SECRET_ENV, None)  # and unsetenv()
 
 
 def find_secret(path: str | None, environ: Mapping[str, str]) -> Secret:
