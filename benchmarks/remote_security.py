@@ -11,7 +11,9 @@ Variants, each run ``--repeat`` times, alternating, on loopback:
 - ``curve``: today's default;
 - ``curve + attack`` / ``--no-curve + attack``: the same while another process holds 1,100
   idle TCP connections to the master (reopened as the master's handshake timeout closes
-  them) and floods it with forged frames from 8 ZeroMQ sockets and raw connections.
+  them) and floods it with forged frames from 8 ZeroMQ sockets (as fast as they take them)
+  and 100 raw connections a second, each a ZMTP greeting and 64 KiB of junk. The attacker
+  is one more process on the same machine, so it also takes CPU from the run.
 
 The rate is the master's own summary (``jobs/s`` over the run, ``--log-format json``); the
 wall time is the master process's, start to exit, and includes its start-up and the second
@@ -21,6 +23,7 @@ it keeps answering latecomers after a finished run. Prints a table and one JSON 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -38,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MODULE = HERE / "jobs" / "noop_jobs.py"
 SECRET = "0123456789abcdef" * 4
+RAW_PER_SECOND = 100  # new raw connections a second, each a greeting and 64 KiB of junk
 
 
 def free_port() -> int:
@@ -106,25 +110,7 @@ def attack(port: int, idle_count: int = 1100, flooders: int = 8) -> None:
     import zmq
 
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    idle: list[socket.socket] = []
-
-    def keep_idle() -> None:
-        while True:
-            for i, sock in enumerate(list(idle)):
-                try:
-                    sock.setblocking(False)
-                    if sock.recv(1) == b"":
-                        raise OSError("closed")
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    sock.close()
-                    idle[i] = _connect(port)
-            while len(idle) < idle_count:
-                idle.append(_connect(port))
-            time.sleep(0.5)
-
-    threading.Thread(target=keep_idle, daemon=True).start()
+    threading.Thread(target=_keep_idle, args=(port, idle_count), daemon=True).start()
     ctx = zmq.Context()
     header = json.dumps({"v": 2, "dir": "s2m", "run": None, "from": "x", "seq": 1}).encode()
     socks = []
@@ -133,18 +119,45 @@ def attack(port: int, idle_count: int = 1100, flooders: int = 8) -> None:
         sock.setsockopt(zmq.SNDHWM, 100)
         sock.connect(f"tcp://127.0.9.{i + 1}:0;127.0.0.1:{port}")
         socks.append(sock)
+    # A ZMTP 3 greeting (NULL mechanism), then junk: what a CURVE master must turn away.
     junk = b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"NULL" + b"\0" * 48 + os.urandom(65536)
+    next_raw = time.monotonic()
     while True:
+        sent = 0
         for sock in socks:
-            try:
+            with contextlib.suppress(zmq.Again):
                 sock.send_multipart([os.urandom(32), header, b""], zmq.NOBLOCK)
-            except zmq.Again:
-                pass
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
-                raw.sendall(junk)
-        except OSError:
-            pass
+                sent += 1
+        if time.monotonic() >= next_raw:  # raw connections: RAW_PER_SECOND
+            next_raw += 1 / RAW_PER_SECOND
+            with contextlib.suppress(OSError):
+                _junk_connection(port, junk)
+        elif not sent:
+            time.sleep(0.001)  # no connection took a frame (CURVE turned them away): spare the CPU
+
+
+def _junk_connection(port: int, junk: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
+        raw.sendall(junk)
+
+
+def _keep_idle(port: int, count: int) -> None:
+    """``count`` connections that send nothing, reopened as the master closes them."""
+    idle: list[socket.socket] = []
+    while True:
+        for i, sock in enumerate(list(idle)):
+            try:
+                sock.setblocking(False)
+                if sock.recv(1) == b"":
+                    raise OSError("closed")
+            except BlockingIOError:
+                continue
+            except OSError:
+                sock.close()
+                idle[i] = _connect(port)
+        while len(idle) < count:
+            idle.append(_connect(port))
+        time.sleep(0.5)
 
 
 def _connect(port: int) -> socket.socket:

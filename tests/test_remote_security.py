@@ -21,7 +21,7 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
-from conftest import Job, wait_until  # noqa: E402
+from conftest import Job  # noqa: E402
 from test_remote import (  # noqa: E402
     KEY,
     REMOTE_MODULE,
@@ -150,6 +150,7 @@ def test_1100_idle_connections_do_not_stop_a_run(remote: Remote) -> None:
         pytest.skip(f"the hard limit on open files is {hard}: too low to raise past 1,100")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # for the test's own sockets
     n = 3000
+    gate = remote.job.folder / "go"
     idle: list[socket.socket] = []
     try:
         master = remote.start(
@@ -159,14 +160,14 @@ def test_1100_idle_connections_do_not_stop_a_run(remote: Remote) -> None:
             name="master",
             preexec_fn=_soft_limit_1024,  # the usual ulimit -n
             TM_N=str(n),
-            TM_SLEEP="0.001",
         )
         remote.wait_log("master", "listening")
         assert _fds_limit(master.pid)[0] == _fds_limit(master.pid)[1]  # raised at start
         for _ in range(1100):
             idle.append(socket.create_connection(("127.0.0.1", remote.port), timeout=5))
-        remote.start("spawn", "2", name="spawn")
-        remote.wait_log("master", "joined", count=2)
+        remote.start("spawn", "2", name="spawn", TM_GATE=str(gate))
+        remote.wait_log("master", "joined", count=2, timeout=30)  # new slaves still get in
+        gate.touch()
         assert remote.exit_code("master") == 0, remote.log("master")
         assert remote.exit_code("spawn") == 0, remote.log("spawn")
     finally:
