@@ -23,14 +23,14 @@ from taskmaster.core.events import (  # noqa: E402
     TaskSent,
     WorkerLost,
 )
-from taskmaster.errors import UsageError  # noqa: E402
 from taskmaster.remote import frames as wire  # noqa: E402
 from taskmaster.remote import master as master_module  # noqa: E402
 from taskmaster.remote.curve import derive_keys  # noqa: E402
 from taskmaster.remote.master import MasterConfig, ZmqMasterTransport  # noqa: E402
 
-SECRET = wire.Secret(b"an-in-process-secret-0123456789", "test")
-KEY = wire.frame_key(SECRET)
+SECRET = wire.Secret(b"an-in-process-secret-0123456789-0123456789", "test")
+KEY = wire.frame_key(SECRET, wire.TO_MASTER)  # what the slaves sign with
+TO_SLAVE = wire.frame_key(SECRET, wire.TO_SLAVE)
 
 
 class Master:
@@ -58,10 +58,10 @@ class Slave:
         self.master = master
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTING_ID, name.encode())
         self.sock.connect(address)
-        self.sealer = wire.Sealer(KEY, name)
-        self.opener = wire.Opener(KEY, wire.SLAVE_MAX_FRAME)
+        self.name = name
+        self.sealer = wire.Sealer(KEY, name, wire.TO_MASTER)
+        self.opener = wire.Opener(TO_SLAVE, wire.TO_SLAVE, wire.SLAVE_MAX_HEADER, 1 << 20)
         self.run: str | None = None
         self.ack = 0
 
@@ -77,6 +77,7 @@ class Slave:
         self.master.pump(lambda: self.sock.poll(0), timeout)
         assert self.sock.poll(0), "nothing came from the master"
         msg = self.opener.open(self.sock.recv_multipart())
+        assert msg.to == self.name  # every frame of the master names its slave
         self.ack = max(self.ack, msg.seq)
         return msg
 
@@ -215,14 +216,48 @@ def test_a_batch_too_big_for_the_slave_comes_back_unreadable(setup: Any) -> None
     assert isinstance(event, BatchUnreadable) and "MessageTooLarge" in event.error
 
 
-def test_a_sender_id_must_match_its_connection(setup: Any) -> None:
+def test_a_result_counts_only_from_the_connection_its_batch_went_to(setup: Any) -> None:
+    master, make = setup
+    owner = make("owner")
+    owner.join(free=2)
+    master.task(1)
+    master.task(2)
+    owner.receive()
+    owner.receive()
+    # Someone with the secret, on a connection of its own, claims the owner's sender id.
+    thief = make("owner")
+    thief.run, thief.ack = owner.run, owner.ack
+    thief.sealer.seq = 1000  # seqs ahead of the owner's: per connection, they spend nothing
+    thief.send("hello", {"nonce": "t"})
+    thief.send("status", thief.status(5, []))
+    thief.send("done", thief.status(5, [], **done(1)))
+    master.pump(timeout=0.3)
+    assert master.events == [] and master.transport.free_slots() == 0
+    assert any("joined on another connection" in line for line in master.lines)
+    owner.send("done", owner.status(1, [2], **done(1)))  # the owner's own result counts
+    master.pump(lambda: master.events)
+    assert master.events == [BatchDone(1, 0.01, ())]
+    # Nothing of the master's goes to the thief but the answer to its own hello.
+    received = []
+    while thief.sock.poll(0):
+        received.append(thief.opener.open(thief.sock.recv_multipart()).kind)
+    assert "task" not in received
+
+
+@pytest.mark.parametrize("setup", [0.5], indirect=True)
+def test_a_late_result_of_a_lost_slave_counts_only_from_its_connection(setup: Any) -> None:
     master, make = setup
     slave = make("s")
-    slave.sealer = wire.Sealer(KEY, "someone-else")
-    slave.send("hello", {"nonce": "n"})
+    slave.join(free=1)
+    master.task(1)
+    slave.receive()
+    master.pump(lambda: master.events, timeout=5)  # silent: lost
+    thief = make("s")
+    thief.run, thief.ack = slave.run, slave.ack
+    thief.sealer.seq = 1000
+    thief.send("done", thief.status(1, [], **done(1)))
     master.pump(timeout=0.3)
-    assert not slave.sock.poll(0)
-    assert any("not the one its connection announced" in line for line in master.lines)
+    assert len(master.events) == 1  # only the WorkerLost
 
 
 def test_a_finished_master_stops_its_slaves_and_latecomers(address: str) -> None:
@@ -250,7 +285,7 @@ def test_a_finished_master_stops_its_slaves_and_latecomers(address: str) -> None
 
 def test_curve_admits_only_connections_with_the_slaves_key(address: str) -> None:
     keys = derive_keys(SECRET)
-    assert keys == derive_keys(SECRET) and keys != derive_keys(wire.Secret(b"x" * 20, "x"))
+    assert keys == derive_keys(SECRET) and keys != derive_keys(wire.Secret(b"x" * 32, "x"))
     assert keys.server_secret not in repr(keys).encode()
     ctx = zmq.Context()
     lines: list[str] = []
@@ -267,12 +302,12 @@ def test_curve_admits_only_connections_with_the_slaves_key(address: str) -> None
         for name, pair in tries.items():
             sock = socks[name] = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTING_ID, name.encode())
             if pair is not None:
                 sock.curve_serverkey = keys.server_public
                 sock.curve_publickey, sock.curve_secretkey = pair
             sock.connect(address)
-            sock.send_multipart(wire.Sealer(KEY, name).seal("hello", None, {"nonce": "n"}))
+            hello = wire.Sealer(KEY, name, wire.TO_MASTER).seal("hello", None, {"nonce": "n"})
+            sock.send_multipart(hello)
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and not socks["slave"].poll(0):
             transport.wait(0.01, [])
@@ -285,11 +320,6 @@ def test_curve_admits_only_connections_with_the_slaves_key(address: str) -> None
         for sock in socks.values():
             sock.close()
         ctx.term()
-
-
-def test_curve_needs_a_secret() -> None:
-    with pytest.raises(UsageError, match="--curve needs a secret"):
-        derive_keys(None)
 
 
 def test_a_master_without_slaves_says_how_to_start_one(

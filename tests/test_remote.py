@@ -29,8 +29,9 @@ from faultlib import FAULT_MODULE, assert_checkpoint_safe, assert_no_loss  # noq
 from taskmaster.remote import frames as wire  # noqa: E402
 from taskmaster.store import checkpoint  # noqa: E402
 
-SECRET = "a-test-secret-0123456789abcdef"
-KEY = wire.frame_key(wire.Secret(SECRET.encode(), "test"))
+SECRET = "a-test-secret-0123456789abcdef-0123456789"
+KEY = wire.frame_key(wire.Secret(SECRET.encode(), "test"), wire.TO_MASTER)  # slaves sign with
+TO_SLAVE = wire.frame_key(wire.Secret(SECRET.encode(), "test"), wire.TO_SLAVE)
 
 # The ledger module, plus a gate: jobs wait for the file TM_GATE before they run, so a test
 # can let every slave join before any job finishes; and get_jobs can stall at TM_STALL_AT.
@@ -84,9 +85,17 @@ class Remote:
         self.address = f"tcp://127.0.0.1:{self.port}"
         # PYTHONFAULTHANDLER: a process that hangs is sent SIGABRT and dumps its stacks.
         self.env = {**job.env, wire.SECRET_ENV: SECRET, "PYTHONFAULTHANDLER": "1"}
+        self.env["XDG_CONFIG_HOME"] = str(job.folder / "config")  # the per-user secret
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, command: str, *extra: str, name: str, **env: str) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        command: str,
+        *extra: str,
+        name: str,
+        preexec_fn: Callable[[], None] | None = None,
+        **env: str,
+    ) -> subprocess.Popen[bytes]:
         args = self.job.remote_args(command, *extra)
         if "--address" not in extra:
             args += ["--address", self.address]
@@ -102,6 +111,7 @@ class Remote:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=preexec_fn,
             )
         self.procs[name] = proc
         return proc
@@ -359,20 +369,23 @@ def test_ctrl_c_on_tm_spawn_reaches_each_slave_once(remote: Remote) -> None:
 
 def _forged(kind: str, payload: bytes, key: bytes | None = None) -> list[bytes]:
     """A well-formed frame whose signature is random, or made with another key."""
-    header = {"v": 1, "run": None, "from": "attacker", "seq": 1, "kind": kind, "body": {}}
+    header = {"v": 2, "dir": "s2m", "run": None, "from": "attacker", "seq": 1, "kind": kind}
+    header["body"] = {}
     if key is not None:
-        return wire.Sealer(key, "attacker").seal(kind, None, {"task": 1}, payload)
+        return wire.Sealer(key, "attacker", wire.TO_MASTER).seal(kind, None, {"task": 1}, payload)
     return [os.urandom(32), json.dumps(header).encode(), payload]
 
 
 def test_forged_frames_to_the_master_are_dropped_undecoded(remote: Remote) -> None:
+    # --no-curve: with CurveZMQ (the default) none of this would even reach the master.
     bomb = remote.job.folder / "unpickled"
     payload = pickle.dumps(Bomb(bomb))
     gate = remote.job.folder / "go"
-    remote.start("master", name="master", TM_N="300")
-    remote.start("slave", name="slave", TM_GATE=str(gate))
+    remote.start("master", "--no-curve", name="master", TM_N="300")
+    remote.start("slave", "--no-curve", name="slave", TM_GATE=str(gate))
     remote.wait_log("master", "joined")
-    other_key = wire.frame_key(wire.Secret(b"not-the-secret-0123456789", "x"))
+    other = wire.Secret(b"not-the-secret-0123456789-0123456789", "x")
+    other_key = wire.frame_key(other, wire.TO_MASTER)
     ctx = zmq.Context()
     try:
         attacker = ctx.socket(zmq.DEALER)
@@ -381,14 +394,15 @@ def test_forged_frames_to_the_master_are_dropped_undecoded(remote: Remote) -> No
         for kind in ("done", "hello", "task"):
             attacker.send_multipart(_forged(kind, payload))
             attacker.send_multipart(_forged(kind, payload, other_key))
+            attacker.send_multipart(_forged(kind, b"", other_key))  # no payload: to the HMAC
         attacker.send_multipart([b"garbage"])
         attacker.send(b"x" * (wire.MASTER_MAX_FRAME + 1))  # over MAXMSGSIZE
         with socket.create_connection(("127.0.0.1", remote.port)) as raw:
             raw.sendall(b"GET / HTTP/1.0\r\n\r\n" + os.urandom(4096))
-        remote.wait_log("master", "bad signature")
+        remote.wait_log("master", "dropped a frame")  # one line: the limit is global
         attacker.close()
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)
     gate.touch()
     assert remote.exit_code("master") == 0, remote.log("master")
     assert remote.exit_code("slave") == 0, remote.log("slave")
@@ -417,11 +431,12 @@ def test_forged_frames_to_a_slave_are_dropped_and_it_joins_the_real_master(
     payload = pickle.dumps(Bomb(bomb))
     ctx = zmq.Context()
     try:
-        impostor = _fake_master(ctx, remote.port)
-        remote.start("slave", "--timeout", "20", name="slave")
+        impostor = _fake_master(ctx, remote.port)  # --no-curve: else no hello reaches it
+        remote.start("slave", "--no-curve", "--timeout", "20", name="slave")
         routing, hello = _hello(impostor)
         nonce = hello["body"]["nonce"]
-        welcome = {"v": 1, "run": "r" * 16, "from": "r" * 16, "seq": 1, "kind": "welcome"}
+        welcome = {"v": 2, "dir": "m2s", "run": "r" * 16, "from": "r" * 16, "to": hello["from"]}
+        welcome.update(seq=1, kind="welcome")
         welcome["body"] = {"nonce": nonce, "heartbeat": 1, "timeout": 5, "target": ""}
         impostor.send_multipart([routing, os.urandom(32), json.dumps(welcome).encode(), b""])
         task = {**welcome, "seq": 2, "kind": "task"}
@@ -431,21 +446,22 @@ def test_forged_frames_to_a_slave_are_dropped_and_it_joins_the_real_master(
         impostor.close()
     finally:
         ctx.term()
-    remote.start("master", name="master", TM_N="200")
+    remote.start("master", "--no-curve", name="master", TM_N="200")
     assert remote.exit_code("master") == 0, remote.log("master")
     assert remote.exit_code("slave") == 0, remote.log("slave")
     assert not bomb.exists()
     assert_exactly_once(remote.job, 200)
 
 
-@pytest.mark.parametrize("slave_secret", ["another-secret-0123456789", ""])
+@pytest.mark.parametrize("slave_secret", ["another-secret-0123456789-0123456789", ""])
 def test_a_slave_with_a_wrong_or_missing_secret_says_so(remote: Remote, slave_secret: str) -> None:
-    master = remote.start("master", name="master", TM_N="10")
+    # --no-curve, where the master can still tell a slave that its signature failed.
+    master = remote.start("master", "--no-curve", name="master", TM_N="10")
     remote.wait_log("master", "listening")
-    remote.start("slave", name="slave", **{wire.SECRET_ENV: slave_secret})
+    remote.start("slave", "--no-curve", name="slave", **{wire.SECRET_ENV: slave_secret})
     assert remote.exit_code("slave") == 2, remote.log("slave")
     assert "rejected this slave's signature" in remote.log("slave")
-    assert ("no secret" if not slave_secret else wire.SECRET_ENV) in remote.log("slave")
+    assert ("per-user secret" if not slave_secret else wire.SECRET_ENV) in remote.log("slave")
     assert slave_secret not in remote.log("slave") or not slave_secret
     remote.wait_log("master", "bad signature")
     os.kill(master.pid, signal.SIGINT)
@@ -466,12 +482,12 @@ def test_a_master_without_a_secret_refuses_a_public_address(remote: Remote) -> N
 
 def test_curve_encrypted_run_and_a_slave_without_curve_left_out(remote: Remote) -> None:
     gate = remote.job.folder / "go"
-    remote.start("master", "--curve", name="master", TM_N="300")
-    remote.wait_log("master", "encrypted (--curve)")
-    remote.start("slave", "--timeout", "0.5", "--retries", "0", name="plain")
-    remote.start("slave", "--curve", name="curve", TM_GATE=str(gate))
+    remote.start("master", name="master", TM_N="300")  # CurveZMQ is the default
+    remote.wait_log("master", "encrypted (CurveZMQ)")
+    remote.start("slave", "--no-curve", "--timeout", "0.5", "--retries", "0", name="plain")
+    remote.start("slave", "--curve", name="curve", TM_GATE=str(gate))  # --curve: a no-op alias
     assert remote.exit_code("plain") == 2, remote.log("plain")  # its handshake fails
-    assert "--curve" in remote.log("plain")
+    assert "--no-curve" in remote.log("plain")
     gate.touch()
     assert remote.exit_code("master") == 0, remote.log("master")
     assert remote.exit_code("curve") == 0, remote.log("curve")
@@ -479,16 +495,27 @@ def test_curve_encrypted_run_and_a_slave_without_curve_left_out(remote: Remote) 
     assert_exactly_once(remote.job, 300)
 
 
-def test_curve_without_a_secret_is_refused(remote: Remote) -> None:
-    remote.start("master", "--curve", name="master", TASKMASTER_SECRET="")
-    assert remote.exit_code("master") == 2
-    assert "--curve needs a secret" in remote.log("master")
+def test_without_a_secret_master_and_slaves_use_the_per_user_secret(remote: Remote) -> None:
+    no_secret = {wire.SECRET_ENV: ""}
+    remote.start("master", name="master", TM_N="200", **no_secret)
+    remote.start("spawn", "2", name="spawn", **no_secret)
+    assert remote.exit_code("master") == 0, remote.log("master")
+    assert remote.exit_code("spawn") == 0, remote.log("spawn")
+    assert "per-user secret" in remote.log("master") and "encrypted (CurveZMQ)" in remote.log(
+        "master"
+    )
+    secret_file = remote.job.folder / "config" / "taskmaster" / "zmq.secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    assert_exactly_once(remote.job, 200)
 
 
-def test_a_short_secret_is_refused(remote: Remote) -> None:
-    remote.start("master", name="master", **{wire.SECRET_ENV: "tooshort"})
+@pytest.mark.parametrize("weak", ["tooshort", "0123456789abcdef" * 2])
+def test_a_short_secret_is_refused(remote: Remote, weak: str) -> None:
+    remote.start("master", name="master", **{wire.SECRET_ENV: weak})
     assert remote.exit_code("master") == 2
-    assert "at least 16" in remote.log("master") and "tooshort" not in remote.log("master")
+    log = remote.log("master")
+    assert "it needs 32" in log and "secrets.token_hex(32)" in log and weak not in log
+    assert "Traceback" not in log
 
 
 def test_a_slave_with_no_master_to_find_gives_up_clearly(remote: Remote) -> None:
@@ -510,22 +537,22 @@ def test_a_slave_whose_master_vanished_gives_up_after_its_retries(remote: Remote
 
 
 def test_a_master_refuses_a_slave_of_another_protocol_version(remote: Remote) -> None:
-    remote.start("master", name="master", TM_N="10")
+    remote.start("master", "--no-curve", name="master", TM_N="10")
     remote.wait_log("master", "listening")
     ctx = zmq.Context()
     try:
         peer = ctx.socket(zmq.DEALER)
         peer.setsockopt(zmq.LINGER, 0)
-        peer.setsockopt(zmq.ROUTING_ID, b"future-slave")
         peer.connect(remote.address)
-        peer.send_multipart(wire.Sealer(KEY, "future-slave", version=2).seal("hello", None))
+        future = wire.Sealer(KEY, "future-slave", wire.TO_MASTER, version=3)
+        peer.send_multipart(future.seal("hello", None))
         assert peer.poll(15_000), "no answer from the master"
-        refusal = wire.Opener(KEY).open(peer.recv_multipart())
+        refusal = wire.Opener(TO_SLAVE, wire.TO_SLAVE).open(peer.recv_multipart())
         peer.close()
     finally:
         ctx.term()
-    assert refusal.kind == "refused"
-    assert "protocol 1" in refusal.body["reason"] and "speaks 2" in refusal.body["reason"]
+    assert refusal.kind == "refused" and refusal.to == "future-slave"
+    assert "protocol 2" in refusal.body["reason"] and "speaks 3" in refusal.body["reason"]
     remote.wait_log("master", "refused a slave")
     os.kill(remote.procs["master"].pid, signal.SIGINT)
     assert remote.exit_code("master") == 130
@@ -535,16 +562,17 @@ def test_a_slave_refuses_a_master_of_another_protocol_version(remote: Remote) ->
     ctx = zmq.Context()
     try:
         master = _fake_master(ctx, remote.port)
-        remote.start("slave", name="slave")
+        remote.start("slave", "--no-curve", name="slave")
         routing, hello = _hello(master)
         welcome = {"nonce": hello["body"]["nonce"], "heartbeat": 1, "timeout": 5, "target": ""}
-        frame = wire.Sealer(KEY, "m" * 16, version=2).seal("welcome", "m" * 16, welcome)
+        future = wire.Sealer(TO_SLAVE, "m" * 16, wire.TO_SLAVE, version=3)
+        frame = future.seal("welcome", "m" * 16, welcome, to=hello["from"])
         master.send_multipart([routing, *frame])
         assert remote.exit_code("slave") == 2, remote.log("slave")
         master.close()
     finally:
         ctx.term()
-    assert "speaks taskmaster protocol 2, this slave speaks 1" in remote.log("slave")
+    assert "speaks taskmaster protocol 3, this slave speaks 2" in remote.log("slave")
 
 
 def test_without_pyzmq_the_commands_say_how_to_install_it(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from taskmaster.core.stats import RunStats
 from taskmaster.errors import EXIT_USAGE, TaskmasterError, UsageError
 from taskmaster.options import Options
 from taskmaster.remote import frames
+from taskmaster.remote.secret import forget_env_secret
 from taskmaster.remote.spawn import supervise
 from taskmaster.runner import local_transport
 
@@ -67,18 +68,38 @@ def _address_option(default_text: str) -> Decorator:
 
 def _curve_option() -> Decorator:
     return click.option(
-        "--curve",
-        is_flag=True,
-        help="Also encrypt (CurveZMQ, keys derived from the secret); master and slaves alike.",
+        "--curve/--no-curve",
+        default=True,
+        help="CurveZMQ (the default; keys derived from the secret): encrypted, and nobody "
+        "without the secret gets a message delivered. --no-curve gives that up: frames "
+        "stay signed but travel in the clear, and anyone who can connect can make the "
+        "master buffer and check what it sends. Master and slaves alike.",
     )
 
 
-def _curve_keys(use: bool, secret: frames.Secret | None) -> Any:
+def _curve_keys(use: bool, secret: frames.Secret) -> Any:
     if not use:
         return None
     from taskmaster.remote.curve import derive_keys
 
     return derive_keys(secret)
+
+
+def _explicit_secret(secret_file: str | None) -> frames.Secret | None:
+    """--secret-file or $TASKMASTER_SECRET, which then leaves the environment: no job, nor
+    any process a job starts, can read it there."""
+    try:
+        return frames.load_secret(secret_file, os.environ)
+    finally:
+        forget_env_secret()
+
+
+def _start_up() -> None:
+    """What every remote command does first: take the secret out of reach, lift the limit
+    on open files (idle connections from anyone must not starve the checkpoint of one)."""
+    from taskmaster.remote.sockets import raise_fd_limit
+
+    raise_fd_limit()
 
 
 def _secret_option() -> Decorator:
@@ -123,29 +144,33 @@ def master_command(
     checkpoint, --resume, retries, failures file and exit codes; only the workers are
     remote. Slaves connect with: tm-slave TARGET --address tcp://THIS-HOST:3050.
 
-    Every frame is signed with the shared secret (--secret-file or $TASKMASTER_SECRET).
-    Without one the master listens on 127.0.0.1 only. Anyone holding the secret can run
-    any code on every slave.
+    Every frame is signed with the shared secret (--secret-file or $TASKMASTER_SECRET),
+    and the connection is CurveZMQ with keys derived from it (--no-curve turns that off).
+    Without a secret, master and slaves use your per-user secret of this host
+    (~/.config/taskmaster/zmq.secret, made on first use) and 127.0.0.1 only. Anyone
+    holding the secret can run any code on every slave.
     """
     _need_zmq()
+    _start_up()
     from taskmaster.remote.master import MasterConfig, ZmqMasterTransport
 
     reporter: Any = None
     try:
+        explicit = _explicit_secret(secret_file)
         kwargs = parse_kwargs(args)
         tgt = load_target(target, opts.pop("get_jobs_name"), need_handle_job=False)
         assert tgt.get_jobs is not None
         if opts.pop("dry_run"):
             dry_run(tgt.get_jobs, kwargs, opts["limit"] or 10)
             return
-        secret = frames.load_secret(secret_file, os.environ)
+        secret = explicit or frames.user_secret(os.environ)
         address = frames.master_address(address, secret)
         if not 0.1 <= heartbeat_timeout <= 3600:
             raise UsageError(
                 f"--heartbeat-timeout must be from 0.1 to 3600 seconds, got {heartbeat_timeout!r}"
             )
         reporter = prepare_options(opts, tgt, kwargs)
-        _warn_secret(reporter.message, secret, address)
+        _warn_secret(reporter.message, secret, address, curve)
         keys = _curve_keys(curve, secret)
         config = MasterConfig(address, secret, heartbeat_timeout, tgt.identity, keys)
         transport = ZmqMasterTransport(config, log=reporter.message)
@@ -172,15 +197,21 @@ def _serve(
 master_command.params.extend(_from_tm_run(MASTER_OPTIONS))
 
 
-def _warn_secret(log: Any, secret: frames.Secret | None, address: str) -> None:
-    if secret is None:
+def _warn_secret(log: Any, secret: frames.Secret, address: str, curve: bool) -> None:
+    if secret.local:
         log(
-            f"no secret given: listening on {address} only, and any user of this host can "
-            f"connect. For several hosts, make a secret and pass it to the master and to "
-            f"every slave (--secret-file, or ${frames.SECRET_ENV}):\n    {frames.MAKE_SECRET}"
+            f"no secret given: listening on {address} only, with {secret.origin}, so only "
+            "your own processes on this host can connect. For several hosts, make a secret "
+            f"and pass it to the master and to every slave (--secret-file, or "
+            f"${frames.SECRET_ENV}):\n    {frames.MAKE_SECRET}"
         )
     elif secret.warning:
         log(f"warning: {secret.warning}")
+    if not curve:
+        log(
+            "warning: --no-curve: frames are signed but not encrypted, and anyone who can "
+            f"connect to {address} can make this master buffer and check what they send"
+        )
 
 
 # -- tm-slave -----------------------------------------------------------------------------
@@ -257,6 +288,7 @@ def slave_command(
     130 stopped by Ctrl-C or SIGTERM.
     """
     _need_zmq()
+    _start_up()
     from taskmaster.remote.slave import Slave, SlaveConfig
 
     pid = os.getpid()
@@ -265,16 +297,19 @@ def slave_command(
         click.echo(f"taskmaster: slave {pid}: {text}", err=True)
 
     try:
+        secret = _explicit_secret(secret_file)  # before the job module is imported
+        finished_fd = _finished_fd()
         kwargs = parse_kwargs(args)
         tgt = load_target(target, handle_job=handle_job_name, need_get_jobs=False)
-        secret = frames.load_secret(secret_file, os.environ)
+        secret = secret or frames.user_secret(os.environ)
         address = frames.slave_address(address, secret)
         _check_patience(timeout, retries)
         opt = Options(workers=workers, threads=threads, job_timeout=job_timeout)
         local = local_transport(opt, tgt.code(kwargs))
-        if secret is not None and secret.warning:
+        if secret.warning:
             log(f"warning: {secret.warning}")
-        config = SlaveConfig(address, secret, timeout, retries, _curve_keys(curve, secret))
+        keys = _curve_keys(curve, secret)
+        config = SlaveConfig(address, secret, timeout, retries, keys, finished_fd)
         slave = Slave(config, local, log)
     except TaskmasterError as exc:
         fail(str(exc), exc.exit_code)
@@ -283,6 +318,24 @@ def slave_command(
 
 
 slave_command.params.extend(_from_tm_run(SLAVE_OPTIONS))
+
+
+def _finished_fd() -> int | None:
+    """The pipe tm-spawn gives its slaves: end-of-file once a sibling heard the run finished."""
+    from taskmaster.remote.spawn import FINISHED_FD_ENV
+
+    text = os.environ.pop(FINISHED_FD_ENV, None)
+    if text is None:
+        return None
+    try:
+        fd = int(text)
+        os.fstat(fd)
+    except (ValueError, OSError):
+        raise UsageError(
+            f"${FINISHED_FD_ENV}={text!r} is not an open file descriptor (it is for "
+            "tm-spawn's own slaves): unset it"
+        ) from None
+    return fd
 
 
 # -- tm-spawn -----------------------------------------------------------------------------
@@ -314,11 +367,12 @@ def spawn_command(
     """
     _need_zmq()
     try:
+        explicit = _explicit_secret(secret_file)
         if not 1 <= count <= 1024:
             raise UsageError(f"COUNT must be a whole number from 1 to 1024, got {count}")
         parse_kwargs(args)
         load_target(target, handle_job=handle_job_name, need_get_jobs=False)  # fail once, here
-        secret = frames.load_secret(secret_file, os.environ)
+        secret = explicit or frames.user_secret(os.environ)
         address = frames.slave_address(address, secret)
         _check_patience(timeout, retries)
         _curve_keys(curve, secret)
@@ -328,11 +382,11 @@ def spawn_command(
         return
     argv = [sys.executable, "-m", "taskmaster.cli.remote", "slave", target, "--address", address]
     argv += ["--timeout", repr(timeout), "--retries", str(retries), "--threads", str(threads)]
-    argv += ["--handle-job", handle_job_name, *(["--curve"] if curve else []), *args]
+    argv += ["--handle-job", handle_job_name, *([] if curve else ["--no-curve"]), *args]
     if job_timeout is not None:
         argv += ["--job-timeout", repr(job_timeout)]
     env = dict(os.environ)
-    if secret is not None:
+    if not secret.local:  # a per-user secret each slave reads from its file itself
         env[frames.SECRET_ENV] = secret.text  # by environment: a command line is public
     sys.exit(supervise(argv, env, count, lambda text: click.echo(text, err=True)))
 

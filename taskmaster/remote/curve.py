@@ -1,11 +1,15 @@
-"""``--curve``: CurveZMQ encryption, with keys derived from the shared secret.
+"""CurveZMQ, on by default (``--no-curve`` turns it off): keys derived from the secret.
 
-Signing (:mod:`taskmaster.remote.frames`) proves who sent a frame; CURVE also hides what is in it.
+Signing (:mod:`taskmaster.remote.frames`) proves who sent a frame; CURVE also hides what is
+in it, and above all keeps everyone without the keys out of the socket: the master's ZAP
+handler (pyzmq's ThreadAuthenticator) lets in only connections made with the slaves' key,
+so a peer without the secret never gets one message delivered, however big (libzmq only
+buffers messages of connections whose handshake succeeded). A slave only completes the
+handshake with a server holding the master's secret key.
+
 Every key pair comes from the secret the hosts already share, so there are no key files to
-copy: the master's pair, and one pair for the slaves. The master's ZAP handler (pyzmq's
-ThreadAuthenticator) lets in only connections made with the slaves' key, and a slave only
-completes the handshake with a server holding the master's secret key. Whoever has the
-shared secret has every key, which is the trust model of the signatures already.
+copy: the master's pair, and one pair for the slaves. Whoever has the shared secret has
+every key, which is the trust model of the signatures already.
 """
 
 from __future__ import annotations
@@ -32,14 +36,13 @@ class CurveKeys:
     client_secret: bytes = field(repr=False, default=b"")
 
 
-def derive_keys(secret: frames.Secret | None) -> CurveKeys:
-    if secret is None:
-        raise UsageError(
-            f"--curve needs a secret to derive its keys from (--secret-file, or "
-            f"${frames.SECRET_ENV}); to make one:\n    {frames.MAKE_SECRET}"
-        )
+def derive_keys(secret: frames.Secret) -> CurveKeys:
     if not zmq.has("curve"):
-        raise UsageError("--curve needs a libzmq built with CURVE (pyzmq's own wheels are)")
+        raise UsageError(
+            "this libzmq has no CURVE (pyzmq's own wheels do): install pyzmq from its "
+            "wheels, or run every host with --no-curve (frames stay signed, not encrypted, "
+            "and anyone who can connect can send the master data to buffer)"
+        )
     server_public, server_secret = _pair(secret, b"master")
     client_public, client_secret = _pair(secret, b"slaves")
     return CurveKeys(server_public, server_secret, client_public, client_secret)

@@ -4,17 +4,25 @@ A frame is three ZeroMQ message parts::
 
     [signature, header, payload]
 
-- ``header`` is JSON: ``{"v": protocol, "run": run id, "from": sender, "seq": n,
-  "kind": ..., "body": {...}}``. Control messages live here, never in a pickle.
-- ``payload`` is empty except for a batch of jobs (the coordinator's pickle/dill bytes).
-- ``signature`` is HMAC-SHA256 over ``len(header) || header || payload``, keyed from the
-  shared secret. The length prefix keeps bytes from sliding between header and payload.
+- ``header`` is JSON: ``{"v": protocol, "dir": "m2s" or "s2m", "run": run id, "from":
+  sender, "to": recipient, "seq": n, "kind": ..., "body": {...}}``. Control messages live
+  here, never in a pickle. ``to`` is the slave's sender id on a master's frame, the run id
+  on a slave's.
+- ``payload`` is empty except for a batch of jobs (the coordinator's pickle/dill bytes),
+  which only a master sends: a master drops any frame with a payload before it computes
+  the signature.
+- ``signature`` is HMAC-SHA256 over ``len(header) || header || payload``, keyed with the
+  key of the frame's direction (:func:`~taskmaster.remote.secret.frame_key`). The length
+  prefix keeps bytes from sliding between header and payload.
 
-The receiver checks the size and the signature (``hmac.compare_digest``) before it parses
-anything: a frame that fails is dropped, nothing in it decoded. Then it checks the version,
-and the sequence number against the last one seen from that sender, so a recorded frame
-cannot be played again. The signature and the ``refused`` message never change between
-protocol versions, so two versions can always tell each other that they differ.
+The receiver checks the sizes and the signature (``hmac.compare_digest``) before it parses
+anything: a frame that fails is dropped, nothing in it decoded. Then it checks the version
+and the direction, and the sequence number against the last one seen from that sender, so
+a recorded frame cannot be played again. A frame signed for the other direction fails the
+signature: it cannot be reflected back to its sender; a master's frame names the slave
+it is for, so it cannot be reflected sideways to another slave either. The signature
+and the ``refused`` message stay as they are from protocol 2 on, so two versions can tell
+each other that they differ (a protocol 1 peer fails the signature).
 
 This module knows nothing of sockets; the master and the slave use it on theirs.
 """
@@ -24,157 +32,40 @@ from __future__ import annotations
 import collections
 import hashlib
 import hmac
-import ipaddress
 import json
-import os
-import stat
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-from taskmaster.errors import UsageError
+from taskmaster.remote.secret import DEFAULT_PORT as DEFAULT_PORT
+from taskmaster.remote.secret import MAKE_SECRET as MAKE_SECRET
+from taskmaster.remote.secret import MIN_SECRET_BYTES as MIN_SECRET_BYTES
+from taskmaster.remote.secret import SECRET_ENV as SECRET_ENV
+from taskmaster.remote.secret import TO_MASTER as TO_MASTER
+from taskmaster.remote.secret import TO_SLAVE as TO_SLAVE
+from taskmaster.remote.secret import Secret as Secret
+from taskmaster.remote.secret import find_secret as find_secret
+from taskmaster.remote.secret import frame_key as frame_key
+from taskmaster.remote.secret import is_loopback as is_loopback
+from taskmaster.remote.secret import load_secret as load_secret
+from taskmaster.remote.secret import master_address as master_address
+from taskmaster.remote.secret import parse_address as parse_address
+from taskmaster.remote.secret import slave_address as slave_address
+from taskmaster.remote.secret import user_secret as user_secret
 
-PROTOCOL = 1
-SECRET_ENV = "TASKMASTER_SECRET"
-MIN_SECRET_BYTES = 16
-MAX_SECRET_BYTES = 4096
-DEFAULT_PORT = 3050
-MAKE_SECRET = (
-    'python -c "import secrets; print(secrets.token_hex(32))" > tm.secret; chmod 600 tm.secret'
-)
-# Without a secret, frames are signed with this public key: one code path, no protection.
-# That is why a master without a secret only listens on the loopback interface.
-PUBLIC_KEY = b"taskmaster: no secret given, loopback only"
+PROTOCOL = 2  # 2: direction and recipient in the header, a key per direction
 MAX_ID = 64  # longest sender or run id accepted
 SIG_BYTES = 32
-MASTER_MAX_FRAME = 16 * 1024 * 1024  # what a master accepts: results are small JSON
-SLAVE_MAX_FRAME = 256 * 1024 * 1024  # what a slave accepts: batches of jobs
+# What a master accepts in one part: results are JSON whose failure texts are cut to
+# protocol.FAILURE_BUDGET (1 MiB); statuses and the rest are a few hundred bytes.
+MASTER_MAX_FRAME = 4 * 1024 * 1024
+# What a slave accepts in one part: a batch aims at 1 MiB of jobs (core.loop.BATCH_BYTES),
+# but its size is estimated from the jobs before it, and one big job goes alone.
+SLAVE_MAX_FRAME = 64 * 1024 * 1024
+SLAVE_MAX_HEADER = 64 * 1024  # a master's headers are small: welcome, task, stop, ...
 NOTICE = b"taskmaster-notice"  # first part of the one unsigned reply: "your signature failed"
 BAD_SIGNATURE = b"bad-signature"
-
-
-# -- secrets ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Secret:
-    """The shared secret; ``value`` never appears in a repr, a log or a command line."""
-
-    value: bytes = field(repr=False)
-    origin: str  # "--secret-file tm.secret" or "TASKMASTER_SECRET"
-    warning: str | None = None
-
-    @property
-    def text(self) -> str:
-        """The secret as text, to hand to a child process through its environment."""
-        return self.value.decode("utf-8")
-
-
-def load_secret(path: str | None, environ: Mapping[str, str]) -> Secret | None:
-    """The secret from ``--secret-file PATH`` or else ``$TASKMASTER_SECRET``; None if neither.
-
-    Surrounding whitespace is stripped (``print`` adds a newline). An empty, short or
-    non-text secret is refused: an empty key would silently authenticate nothing.
-    """
-    if path is not None:
-        origin = f"--secret-file {path}"
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_SECRET_BYTES + 1)
-                mode = os.fstat(f.fileno()).st_mode
-        except OSError as exc:
-            raise UsageError(f"cannot read {origin}: {exc.strerror}") from None
-        warning = None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            warning = f"{path} can be read by other users: chmod 600 {path}"
-        return _checked(raw, origin, warning)
-    if SECRET_ENV in environ:
-        return _checked(environ[SECRET_ENV].encode("utf-8", "surrogateescape"), SECRET_ENV, None)
-    return None
-
-
-def _checked(raw: bytes, origin: str, warning: str | None) -> Secret:
-    value = raw.strip()
-    if len(value) > MAX_SECRET_BYTES:
-        raise UsageError(f"the secret in {origin} is longer than {MAX_SECRET_BYTES} bytes")
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(
-            f"the secret in {origin} is not text. Make one with: {MAKE_SECRET}"
-        ) from None
-    if len(value) < MIN_SECRET_BYTES:
-        what = "empty" if not value else f"only {len(value)} bytes"
-        raise UsageError(
-            f"the secret in {origin} is {what}; it needs at least {MIN_SECRET_BYTES}. "
-            f"Make one with: {MAKE_SECRET}"
-        )
-    return Secret(value, origin, warning)
-
-
-def frame_key(secret: Secret | None) -> bytes:
-    """The HMAC key: derived from the secret, so the key differs from the secret's text."""
-    material = PUBLIC_KEY if secret is None else secret.value
-    return hmac.new(material, b"taskmaster frame key", hashlib.sha256).digest()
-
-
-# -- addresses ----------------------------------------------------------------------------
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """``tcp://HOST:PORT`` -> (host, port), with a clear error for anything else."""
-    try:
-        parts = urlsplit(address)
-        port = parts.port
-    except ValueError:
-        port = None
-        parts = None
-    if parts is None or parts.scheme != "tcp" or not parts.hostname or port is None:
-        raise UsageError(
-            f"--address must look like tcp://HOST:PORT (e.g. tcp://10.0.0.5:{DEFAULT_PORT}), "
-            f"got {address!r}"
-        )
-    return parts.hostname, port
-
-
-def is_loopback(address: str) -> bool:
-    host, _ = parse_address(address)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve anywhere
-
-
-def master_address(address: str | None, secret: Secret | None) -> str:
-    """Where the master listens: everywhere with a secret, loopback only without one."""
-    if address is None:
-        host = "0.0.0.0" if secret is not None else "127.0.0.1"
-        return f"tcp://{host}:{DEFAULT_PORT}"
-    parse_address(address)
-    if secret is None and not is_loopback(address):
-        raise UsageError(
-            f"refusing to listen on {address} without a secret: anyone who can reach it "
-            "could run code on every slave. Make a secret and give it to the master and "
-            f"every slave (--secret-file tm.secret, or ${SECRET_ENV}):\n    {MAKE_SECRET}"
-        )
-    return address
-
-
-def slave_address(address: str | None, secret: Secret | None) -> str:
-    """Where a slave connects; without a secret only to a master on this host."""
-    if address is None:
-        return f"tcp://127.0.0.1:{DEFAULT_PORT}"
-    if secret is None and not is_loopback(address):
-        raise UsageError(
-            f"refusing to connect to {address} without a secret: an impostor there could "
-            "run code on this host. Give this slave the master's secret (--secret-file "
-            f"PATH, or ${SECRET_ENV}); to make one:\n    {MAKE_SECRET}"
-        )
-    return address
 
 
 # -- frames -------------------------------------------------------------------------------
@@ -186,6 +77,7 @@ class Message:
 
     run: str | None
     sender: str
+    to: str | None
     seq: int
     kind: str
     body: dict[str, Any]
@@ -207,22 +99,31 @@ class VersionMismatch(Exception):
 
 
 class Sealer:
-    """Signs outgoing frames and numbers them: one per sender, seq starting at 1."""
+    """Signs outgoing frames of one direction and numbers them: seq starting at 1."""
 
-    def __init__(self, key: bytes, sender: str, version: int = PROTOCOL) -> None:
+    def __init__(self, key: bytes, sender: str, direction: str, version: int = PROTOCOL) -> None:
         self._mac = hmac.new(key, digestmod=hashlib.sha256)
         self.sender = sender
+        self.direction = direction
         self.version = version  # another value only in tests of the mismatch
         self.seq = 0
 
     def seal(
-        self, kind: str, run: str | None, body: dict[str, Any] | None = None, payload: bytes = b""
+        self,
+        kind: str,
+        run: str | None,
+        body: dict[str, Any] | None = None,
+        payload: bytes = b"",
+        to: str | None = None,
     ) -> list[bytes]:
+        """``to``: the recipient; by default the run (a slave's frames go to its master)."""
         self.seq += 1
         doc = {
             "v": self.version,
+            "dir": self.direction,
             "run": run,
             "from": self.sender,
+            "to": run if to is None else to,
             "seq": self.seq,
             "kind": kind,
             "body": body or {},
@@ -241,11 +142,23 @@ def _sign(mac: Any, header: bytes, payload: bytes) -> bytes:
 
 
 class Opener:
-    """Checks incoming frames: size, then signature, and only then the JSON header."""
+    """Checks incoming frames of one direction: sizes, then signature, then the header.
 
-    def __init__(self, key: bytes, max_header: int = MASTER_MAX_FRAME) -> None:
+    ``max_payload`` 0: frames that must have no payload (all a master receives); one that
+    has any is dropped before the signature is computed, as is an oversized header.
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        direction: str,
+        max_header: int = MASTER_MAX_FRAME,
+        max_payload: int = 0,
+    ) -> None:
         self._mac = hmac.new(key, digestmod=hashlib.sha256)
+        self.direction = direction
         self.max_header = max_header
+        self.max_payload = max_payload
 
     def open(self, parts: list[bytes]) -> Message:
         if len(parts) != 3:
@@ -253,6 +166,8 @@ class Opener:
         sig, header, payload = parts
         if len(sig) != SIG_BYTES or len(header) > self.max_header:
             raise Dropped("not a taskmaster frame (bad signature or header size)")
+        if len(payload) > self.max_payload:
+            raise Dropped(f"not a taskmaster frame (a payload of {len(payload):,} bytes)")
         if not hmac.compare_digest(sig, _sign(self._mac, header, payload)):
             raise Dropped("bad signature (a wrong or missing secret?)")
         try:
@@ -264,6 +179,8 @@ class Opener:
         sender, kind = doc.get("from"), doc.get("kind")
         if doc.get("v") != PROTOCOL:
             raise VersionMismatch(doc.get("v"), _short(sender), _short(kind))
+        if doc.get("dir") != self.direction:
+            raise Dropped("signed, but for the other direction (a reflected frame?)")
         return _message(doc, payload)
 
 
@@ -272,17 +189,19 @@ def _short(value: object) -> str:
 
 
 def _message(doc: dict[str, Any], payload: bytes) -> Message:
-    run, sender, seq = doc.get("run"), doc.get("from"), doc.get("seq")
+    run, sender, seq, to = doc.get("run"), doc.get("from"), doc.get("seq"), doc.get("to")
     kind, body = doc.get("kind"), doc.get("body")
     if run is not None and not (isinstance(run, str) and 0 < len(run) <= MAX_ID):
         raise Dropped("signed, but the header's run id is malformed")
     if not (isinstance(sender, str) and 0 < len(sender) <= MAX_ID):
         raise Dropped("signed, but the header's sender id is malformed")
+    if to is not None and not (isinstance(to, str) and 0 < len(to) <= MAX_ID):
+        raise Dropped("signed, but the header's recipient is malformed")
     if not (isinstance(seq, int) and not isinstance(seq, bool) and seq > 0):
         raise Dropped("signed, but the header's seq is not a positive whole number")
     if not isinstance(kind, str) or not isinstance(body, dict):
         raise Dropped("signed, but the header's kind or body is malformed")
-    return Message(run, sender, seq, kind, body, payload)
+    return Message(run, sender, to, seq, kind, body, payload)
 
 
 class ReplayGuard:
@@ -309,7 +228,9 @@ class ReplayGuard:
 class RateLimitedLog:
     """Logs the first line of each kind, then at most one per ``every`` seconds with a count.
 
-    A flood of bad frames must not flood the log (or the terminal) in turn.
+    A flood of bad frames must not flood the log (or the terminal) in turn. Keys name a
+    kind of event, never a peer: the limit is global, however many addresses the frames
+    come from.
     """
 
     def __init__(
@@ -330,7 +251,7 @@ class RateLimitedLog:
             self._held[key] += 1
             return
         held = self._held.pop(key, 0)
-        if len(self._next) > 1024:  # keys are per peer: keep the table bounded
+        if len(self._next) > 64:  # keys are kinds of events: a few; keep the table bounded
             self._next.clear()
         self._next[key] = now + self.every
         self.log(text + (f" ({held} more like it not shown)" if held else ""))

@@ -13,6 +13,12 @@ lost; this module does the sockets: every frame is checked by :mod:`taskmaster.r
 before anything in it is parsed, heartbeats go out every ``heartbeat_timeout / 5``, and a
 slave silent for ``heartbeat_timeout`` is lost. The master never unpickles: results are
 JSON, and job payloads only pass through.
+
+Identities: the ROUTER socket gives each connection a routing id of its own (no handover;
+the slave cannot choose it). A slave is bound to the connection it joined on: a frame that
+names its sender from any other connection is dropped, so a result counts only from the
+connection its batch went to. With CURVE (the default), only connections that passed the
+ZAP check exist at all.
 """
 
 from __future__ import annotations
@@ -37,16 +43,17 @@ from taskmaster.remote.sockets import readable, router_socket
 HEARTBEATS_PER_TIMEOUT = 5
 LONELY_HINT_EVERY = 30.0  # while no slave is connected, say how to start one this often
 FAREWELL_SECONDS = 3.0  # how long a finished master waits for its slaves to say goodbye
+LATECOMER_SECONDS = 1.0  # how long a finished master still tells latecomers it finished
 MAX_DRAIN = 10_000  # frames handled per wait(), so the coordinator keeps its turn
 
 
 @dataclass(frozen=True, slots=True)
 class MasterConfig:
     address: str
-    secret: frames.Secret | None
+    secret: frames.Secret
     heartbeat_timeout: float = 5.0
     target: str = ""
-    curve: CurveKeys | None = None  # --curve: encrypt, and admit only the slaves' key
+    curve: CurveKeys | None = None  # encrypt, and admit only the slaves' key (--no-curve: None)
 
 
 class ZmqMasterTransport:
@@ -62,9 +69,10 @@ class ZmqMasterTransport:
         self.log = log
         self.clock = clock
         self.run_id = secrets.token_hex(8)  # new for every master start: old frames are stale
-        key = frames.frame_key(config.secret)
-        self._sealer = frames.Sealer(key, self.run_id)
-        self._opener = frames.Opener(key, frames.MASTER_MAX_FRAME)
+        to_slave = frames.frame_key(config.secret, frames.TO_SLAVE)
+        self._sealer = frames.Sealer(to_slave, self.run_id, frames.TO_SLAVE)
+        to_master = frames.frame_key(config.secret, frames.TO_MASTER)
+        self._opener = frames.Opener(to_master, frames.TO_MASTER, frames.MASTER_MAX_FRAME, 0)
         self._replay = frames.ReplayGuard()
         self._limited = frames.RateLimitedLog(log)
         self.roster = Roster()
@@ -109,7 +117,7 @@ class ZmqMasterTransport:
         self._ctx, self._sock = ctx, sock
         self._last_beat = self.clock()
         self._next_hint = self._last_beat + LONELY_HINT_EVERY
-        how = ", encrypted (--curve)" if self.cfg.curve else ""
+        how = ", encrypted (CurveZMQ)" if self.cfg.curve else ", NOT encrypted (--no-curve)"
         self.log(f"listening on {self.cfg.address} for slaves{how} (run {self.run_id})")
 
     def free_slots(self) -> int:
@@ -127,8 +135,10 @@ class ZmqMasterTransport:
                 )
             )
             return
-        body = {"task": task.task_id, "first": task.first_seq, "count": task.count}
-        frame = self._sealer.seal("task", self.run_id, {**body, "codec": task.codec}, task.payload)
+        body: dict[str, object] = {"task": task.task_id, "first": task.first_seq}
+        body["count"] = task.count
+        body["codec"] = task.codec
+        frame = self._sealer.seal("task", self.run_id, body, task.payload, to=slave.sender)
         slave.assigned[task.task_id] = self._sealer.seq
         if not self._send_to(slave.routing, frame):
             self._pending.append(self.roster.lose(slave, "could not be reached (disconnected)"))
@@ -168,9 +178,13 @@ class ZmqMasterTransport:
         self._farewell_started = True
         for slave in list(self.roster.slaves.values()):
             self._send_stop(slave.sender, slave.routing)
-        deadline = self.clock() + FAREWELL_SECONDS
-        while self._awaiting_bye and self.clock() < deadline:
-            if self._sock.poll(100):
+        start = self.clock()
+        deadline, latecomers = start + FAREWELL_SECONDS, start + LATECOMER_SECONDS
+        # Finished: a slave that says hello now (it connected a moment too late) hears so.
+        while (self._awaiting_bye and self.clock() < deadline) or (
+            finished and self.clock() < latecomers
+        ):
+            if self._sock.poll(50):
                 self._drain([])
         self._sock.close(linger=1000)
         self._stop_auth()
@@ -187,7 +201,7 @@ class ZmqMasterTransport:
         body: dict[str, object] = {"finished": self._finished, "kill": self._kill}
         if nonce is not None:
             body["nonce"] = nonce
-        if self._send_to(routing, self._sealer.seal("stop", self.run_id, body)):
+        if self._send_to(routing, self._sealer.seal("stop", self.run_id, body, to=sender)):
             self._awaiting_bye.add(sender)
 
     # -- receiving ------------------------------------------------------------------------
@@ -220,27 +234,29 @@ class ZmqMasterTransport:
         try:
             msg = self._opener.open(parts)
         except frames.Dropped as exc:
-            self._limited(f"drop {peer}", f"dropped a frame from {peer}: {exc}")
+            self._limited("drop", f"dropped a frame from {peer}: {exc}")
             if "signature" in str(exc):
                 self._notify_bad_signature(routing)
             return
         except frames.VersionMismatch as exc:
             self._refuse(routing, peer, exc)
             return
-        if msg.sender.encode() != routing:
-            self._limited(
-                f"spoof {peer}",
-                f"dropped a frame from {peer}: its sender id is not "
-                "the one its connection announced",
-            )
+        # Per connection: a frame sent on one cannot spend the seqs of a sender on another.
+        if not self._replay.fresh(f"{routing.hex()}/{msg.sender}", msg.seq):
+            self._limited("replay", f"dropped a replayed frame from {peer}")
             return
-        if not self._replay.fresh(msg.sender, msg.seq):
-            self._limited(f"replay {peer}", f"dropped a replayed frame from {peer}")
+        known = self.roster.slaves.get(msg.sender)
+        if msg.kind != "hello" and known is not None and known.routing != routing:
+            self._limited(
+                "foreign",
+                f"dropped a {msg.kind!r} frame from {peer}: its sender joined on another "
+                "connection (a result counts only from the connection its batch went to)",
+            )
             return
         try:
             self._dispatch(msg, routing, peer, events)
         except MalformedBody as exc:
-            self._limited(f"body {peer}", f"dropped a {msg.kind!r} frame from {peer}: {exc}")
+            self._limited("body", f"dropped a {msg.kind!r} frame from {peer}: {exc}")
 
     def _dispatch(
         self, msg: frames.Message, routing: bytes, peer: str, events: list[Event]
@@ -248,20 +264,19 @@ class ZmqMasterTransport:
         if msg.kind == "hello":
             self._on_hello(msg, routing)
             return
+        slave = self.roster.slaves.get(msg.sender)
         if msg.kind == "bye":
             self._awaiting_bye.discard(msg.sender)
         if msg.run != self.run_id:
             # From a slave of an earlier master (this one restarted): it must say hello again.
             if msg.kind != "bye":
-                self._send_to(routing, self._sealer.seal("rejoin", self.run_id))
+                self._send_to(routing, self._seal("rejoin", msg.sender))
             return
-        slave = self.roster.slaves.get(msg.sender)
         if slave is not None:
             slave.last_seen = self.clock()
-            slave.routing = routing
         body = Body(msg.body)
         if msg.kind in ("done", "unreadable", "timed_out", "worker_lost"):
-            self._on_result(slave, msg.sender, msg.kind, body, events)
+            self._on_result(slave, msg.sender, routing, msg.kind, body, events)
         if msg.kind == "bye":
             if slave is not None:
                 self._on_bye(slave, events)
@@ -274,7 +289,7 @@ class ZmqMasterTransport:
             events.append(lost)
         if msg.kind == "leave" and not slave.leaving:
             slave.leaving = True
-            self._send_to(routing, self._sealer.seal("leave_ok", self.run_id))
+            self._send_to(routing, self._seal("leave_ok", slave.sender))
             self.log(f"{slave.name} is leaving once its {len(slave.assigned)} batches are done")
 
     def _admit(self, sender: str, routing: bytes, peer: str) -> SlaveRecord | None:
@@ -289,8 +304,8 @@ class ZmqMasterTransport:
         body = Body(msg.body)
         nonce = body.text("nonce")
         known = self.roster.slaves.get(msg.sender)
-        if known is not None:  # it lost touch with us (we stalled?) but is alive
-            known.last_seen, known.routing = self.clock(), routing
+        if known is not None and known.routing == routing:  # it lost touch with us but is alive
+            known.last_seen = self.clock()
         if self._closing:
             if self._farewell_started and self._finished:
                 self._send_stop(msg.sender, routing, nonce)  # a latecomer learns of the end
@@ -302,10 +317,16 @@ class ZmqMasterTransport:
             "timeout": self.cfg.heartbeat_timeout,
             "target": self.cfg.target,
         }
-        self._send_to(routing, self._sealer.seal("welcome", self.run_id, welcome))
+        self._send_to(routing, self._seal("welcome", msg.sender, welcome))
 
     def _on_result(
-        self, slave: SlaveRecord | None, sender: str, kind: str, body: Body, events: list[Event]
+        self,
+        slave: SlaveRecord | None,
+        sender: str,
+        routing: bytes,
+        kind: str,
+        body: Body,
+        events: list[Event],
     ) -> None:
         if kind == "worker_lost":
             if slave is not None:  # else the slave was lost: its batches were sent again
@@ -317,10 +338,10 @@ class ZmqMasterTransport:
             if self.roster.holds(slave, task_id):
                 events.append(event)
             return
-        taken = self.roster.take_result(slave, sender, task_id)
+        taken = self.roster.take_result(slave, sender, routing, task_id)
         if taken is None:
             self._limited(
-                f"unassigned {sender}",
+                "unassigned",
                 f"dropped a result for batch {task_id}, which is not assigned to its sender",
             )
             return
@@ -342,7 +363,7 @@ class ZmqMasterTransport:
         if now - self._last_beat >= self.beat_every:
             self._last_beat = now
             for slave in list(self.roster.slaves.values()):
-                self._send_to(slave.routing, self._sealer.seal("heartbeat", self.run_id))
+                self._send_to(slave.routing, self._seal("heartbeat", slave.sender))
             if not self.roster.slaves and not self._closing and now >= self._next_hint:
                 self._next_hint = now + LONELY_HINT_EVERY
                 self.log(f"no slave connected yet; start some with: {self._slave_command()}")
@@ -356,8 +377,11 @@ class ZmqMasterTransport:
         if host in ("0.0.0.0", "*", "::"):
             host = socket.gethostname()
         module = self.cfg.target.rpartition(":")[0] or "JOBS.py"
-        curve_flag = " --curve" if self.cfg.curve else ""
+        curve_flag = "" if self.cfg.curve else " --no-curve"
         return f"tm-slave {module} --address tcp://{host}:{port}{curve_flag}"
+
+    def _seal(self, kind: str, to: str, body: dict[str, object] | None = None) -> list[bytes]:
+        return self._sealer.seal(kind, self.run_id, body, to=to)
 
     def _send_to(self, routing: bytes, frame: list[bytes]) -> bool:
         assert self._sock is not None
@@ -386,5 +410,5 @@ class ZmqMasterTransport:
             f"this master speaks taskmaster protocol {frames.PROTOCOL}, the slave at {peer} "
             f"speaks {exc.version}: install the same taskmaster version on every host"
         )
-        self._limited(f"version {peer}", f"refused a slave: {reason}")
-        self._send_to(routing, self._sealer.seal("refused", self.run_id, {"reason": reason}))
+        self._limited("version", f"refused a slave: {reason}")
+        self._send_to(routing, self._seal("refused", exc.sender, {"reason": reason}))

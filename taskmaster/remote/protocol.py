@@ -27,13 +27,14 @@ still held}. The master derives the credit from it and notices batches lost on t
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from taskmaster.core.events import BatchDone, BatchUnreadable, JobFailed, JobTimedOut
 
 MAX_TEXT = 1 << 20
 MAX_LIST = 1 << 20
-FAILURE_BUDGET = 8 * 1024 * 1024  # bytes of failure text in one result frame
+FAILURE_BUDGET = 1024 * 1024  # bytes of failure JSON in one result frame
 
 
 class MalformedBody(Exception):
@@ -148,17 +149,25 @@ def result_event(kind: str, task_id: int, body: Body) -> BatchDone | BatchUnread
 
 
 def fit_failures(failures: tuple[JobFailed, ...], budget: int = FAILURE_BUDGET) -> list[list[Any]]:
-    """Failures as JSON lists, tracebacks shortened if all of them would not fit ``budget``.
+    """Failures as JSON lists, cut to fit ``budget`` bytes of JSON.
 
-    The master caps the size of what it receives; a batch of thousands of failing jobs with
-    long tracebacks must still get through, so the tail of each traceback is kept.
+    The master caps the size of what it receives (frames.MASTER_MAX_FRAME); a batch of
+    thousands of failing jobs with long tracebacks must still get through, so each keeps
+    the start of its error and the tail of its traceback, shorter until all fit.
     """
-    total = sum(len(f.error) + len(f.traceback) for f in failures)
-    if total <= budget:
-        return [[f.index, f.error, f.traceback] for f in failures]
-    each = max(200, budget // max(1, len(failures)) - 200)
-    out: list[list[Any]] = []
-    for f in failures:
-        tb = f.traceback if len(f.traceback) <= each else "...\n" + f.traceback[-each:]
-        out.append([f.index, f.error[:each], tb])
+    out = [[f.index, f.error, f.traceback] for f in failures]
+    each = budget // max(1, len(failures))
+    while _json_size(out) > budget and each > 16:
+        out = [[f.index, f.error[: max(40, each // 4)], _tail(f.traceback, each)] for f in failures]
+        each //= 2
+    if _json_size(out) > budget:
+        out = [[f.index, f.error[:40], ""] for f in failures]
     return out
+
+
+def _tail(text: str, keep: int) -> str:
+    return text if len(text) <= keep else "...\n" + text[-keep:]
+
+
+def _json_size(value: object) -> int:
+    return len(json.dumps(value, separators=(",", ":")))  # ASCII, as frames.Sealer writes it

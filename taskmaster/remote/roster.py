@@ -5,9 +5,10 @@ said and turns its answers into events for the coordinator. The rules it keeps:
 
 - **Credit.** A slave reports its free batch slots with the last frame seq it had seen;
   its credit is that count minus the batches sent to it after that seq.
-- **Assignments.** A result is taken only from the slave its batch was sent to, while
-  that assignment is open. A batch the slave acknowledges (seq at or below its ack) but
-  does not hold was lost on the way; it runs again, uncharged.
+- **Assignments.** A result is taken only from the slave its batch was sent to, on the
+  connection it was sent on, while that assignment is open. A batch the slave
+  acknowledges (seq at or below its ack) but does not hold was lost on the way; it runs
+  again, uncharged.
 - **Lost slaves.** Their batches run again (a WorkerLost, as for a dead local worker); a
   result of theirs that arrives late after all is passed on once, and the coordinator,
   which already sent those jobs again, counts nothing twice.
@@ -55,7 +56,8 @@ class Roster:
     def __init__(self) -> None:
         self.slaves: dict[str, SlaveRecord] = {}
         self._hellos: collections.OrderedDict[str, Body] = collections.OrderedDict()
-        self._lost: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
+        # (sender, task_id) -> the routing id of the lost slave's connection
+        self._lost: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
         self._numbers = 0
 
     def free_slots(self) -> int:
@@ -86,13 +88,16 @@ class Roster:
         self.slaves[sender] = slave
         return slave
 
-    def take_result(self, slave: SlaveRecord | None, sender: str, task_id: int) -> str | None:
-        """Close the assignment a result answers: "open", "late" (a lost slave's), or None
-        when the sender does not hold that batch (forged, replayed, or already answered)."""
-        if slave is not None and task_id in slave.assigned:
+    def take_result(
+        self, slave: SlaveRecord | None, sender: str, routing: bytes, task_id: int
+    ) -> str | None:
+        """Close the assignment a result answers: "open", "late" (a lost slave's, on the
+        connection it had), or None when the sender does not hold that batch on that
+        connection (forged, replayed, or already answered)."""
+        if slave is not None and slave.routing == routing and task_id in slave.assigned:
             del slave.assigned[task_id]
             return "open"
-        if (sender, task_id) in self._lost:
+        if self._lost.get((sender, task_id)) == routing:
             del self._lost[(sender, task_id)]
             return "late"
         return None
@@ -135,7 +140,7 @@ class Roster:
         """Strike a slave off; its batches run again, its late results count once."""
         self.slaves.pop(slave.sender, None)
         for task_id in slave.assigned:
-            self._lost[(slave.sender, task_id)] = None
+            self._lost[(slave.sender, task_id)] = slave.routing
         while len(self._lost) > REMEMBERED:
             self._lost.popitem(last=False)
         # The number and pid are those of the "slave N ... joined" line.

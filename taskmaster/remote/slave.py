@@ -14,6 +14,12 @@ and names its run id, and from then on only frames of that run count. When the m
 silent, the slave looks for it again (``--timeout`` per attempt, ``--retries`` more
 attempts, with backoff) and rejoins a master restarted with ``--resume``. Results of an
 earlier run's batches are dropped: that master is gone, and the new one runs them again.
+
+A frame counts only if signed with the master-to-slave key and addressed to this slave's
+sender id, so a frame of another slave (or one of this slave's, reflected) is dropped.
+Under tm-spawn, the read end of a pipe (``SlaveConfig.finished_fd``) reaches end-of-file
+when a sibling slave was told the run is finished: a slave still looking for a master then
+leaves too (exit 0) rather than wait for one that is gone.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import collections
 import os
 import secrets
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -47,10 +54,11 @@ MAX_BACKOFF = 30.0
 @dataclass(frozen=True, slots=True)
 class SlaveConfig:
     address: str
-    secret: frames.Secret | None
+    secret: frames.Secret
     timeout: float = 15.0  # seconds one attempt to reach the master lasts
     retries: int = 8  # attempts after the first, each after a longer pause
-    curve: CurveKeys | None = None  # --curve: encrypt, and talk only to the master's key
+    curve: CurveKeys | None = None  # encrypt, and talk only to the master's key (--no-curve: None)
+    finished_fd: int | None = None  # tm-spawn's pipe: end-of-file once a sibling finished
 
 
 class SlaveExit(Exception):
@@ -74,9 +82,11 @@ class Slave:
         self.log = log
         self.clock = clock
         self.sender = secrets.token_hex(16)
-        key = frames.frame_key(config.secret)
-        self._sealer = frames.Sealer(key, self.sender)
-        self._opener = frames.Opener(key, frames.SLAVE_MAX_FRAME)
+        to_master = frames.frame_key(config.secret, frames.TO_MASTER)
+        self._sealer = frames.Sealer(to_master, self.sender, frames.TO_MASTER)
+        to_slave = frames.frame_key(config.secret, frames.TO_SLAVE)
+        max_header, max_payload = frames.SLAVE_MAX_HEADER, frames.SLAVE_MAX_FRAME
+        self._opener = frames.Opener(to_slave, frames.TO_SLAVE, max_header, max_payload)
         self._replay = frames.ReplayGuard()
         self._limited = frames.RateLimitedLog(log)
         self.run_id: str | None = None  # the master's run this slave works for
@@ -105,7 +115,7 @@ class Slave:
         """Work until the master says the run is finished; returns the exit code."""
         self.local.start()  # fork the workers before the ZeroMQ context starts its threads
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        sock = self._sock = dealer_socket(ctx, self.sender)
+        sock = self._sock = dealer_socket(ctx)
         if self.cfg.curve is not None:
             curve.connect_as_slave(sock, self.cfg.curve)
         try:
@@ -133,12 +143,20 @@ class Slave:
             code = self._leave_done()
             if code is not None:
                 return code
+            wake = [zmq_fd, sig_fd]
+            if self.seeking and self.cfg.finished_fd is not None:
+                self._sibling_finished(self.cfg.finished_fd)
+                wake.append(self.cfg.finished_fd)  # only while seeking: at EOF it stays readable
             timeout = 0.0 if readable(sock) else self._sleep(now)
-            for event in self.local.wait(timeout, [zmq_fd, sig_fd]):
+            for event in self.local.wait(timeout, wake):
                 self._on_local(event)
             if interrupts() != self.interrupts:
                 self._on_interrupt(interrupts())
             self._drain()
+
+    def _sibling_finished(self, fd: int) -> None:
+        if select.select([fd], [], [], 0)[0]:
+            raise SlaveExit(EXIT_OK, "a sibling slave was told the run is finished; leaving too")
 
     def _sleep(self, now: float) -> float:
         if self.outbox:
@@ -181,8 +199,8 @@ class Slave:
                 raise SlaveExit(
                     EXIT_USAGE,
                     f"{waited}: is tm-master running there, reachable from "
-                    "this host, with the same secret and --curve setting? (--address, "
-                    "--secret-file, --curve)",
+                    "this host, with the same secret and CurveZMQ setting? (--address, "
+                    "--secret-file, --no-curve)",
                 )
             raise SlaveExit(EXIT_FAILED, f"{waited}: giving up")
         pause = min(MAX_BACKOFF, 2.0 ** (self.attempt - 1))
@@ -278,6 +296,9 @@ class Slave:
                 f"this slave speaks {frames.PROTOCOL}: install the same taskmaster version on "
                 "every host",
             ) from None
+        if msg.to != self.sender:
+            self._limited("to", "dropped a frame meant for another slave (reflected?)")
+            return
         if not self._replay.fresh(msg.sender, msg.seq):
             self._limited("replay", "dropped a replayed frame")
             return
@@ -287,7 +308,7 @@ class Slave:
             self._limited("body", f"dropped a {msg.kind!r} frame from the master: {exc}")
 
     def _bad_signature(self) -> str:
-        mine = self.cfg.secret.origin if self.cfg.secret else "no secret"
+        mine = self.cfg.secret.origin
         return (
             f"the master at {self.cfg.address} rejected this slave's signature: its secret "
             f"differs from this slave's ({mine}). Give both the same --secret-file or "

@@ -3,6 +3,10 @@
 Each slave gets its own process group, so a terminal's Ctrl-C reaches it once, through
 tm-spawn, rather than twice (the group's and the forwarded one), which would make it stop
 at once instead of finishing its jobs. A slave gets SIGTERM when tm-spawn dies.
+
+When one slave exits 0 (its master told it the run is finished), tm-spawn closes the
+write end of a pipe whose read end every slave holds (``$TASKMASTER_SPAWN_FD``): a slave
+that is still looking for a master, having connected a moment too late, leaves too.
 """
 
 from __future__ import annotations
@@ -15,18 +19,36 @@ import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from taskmaster.errors import EXIT_FAILED
+from taskmaster.errors import EXIT_FAILED, EXIT_OK
 from taskmaster.local.transport import describe_exit
+
+FINISHED_FD_ENV = "TASKMASTER_SPAWN_FD"
 
 
 def supervise(argv: list[str], env: dict[str, str], count: int, log: Callable[[str], None]) -> int:
     """Run ``count`` copies of ``argv`` to their end; the exit code of the group."""
+    read_end, write_end = os.pipe()
+    env = {**env, FINISHED_FD_ENV: str(read_end)}
     with _forwarding() as procs:
-        for _ in range(count):
-            procs.append(
-                subprocess.Popen(argv, env=env, process_group=0, preexec_fn=_die_with_parent)
-            )
-        codes = [proc.wait() for proc in procs]
+        try:
+            for _ in range(count):
+                procs.append(
+                    subprocess.Popen(
+                        argv,
+                        env=env,
+                        process_group=0,
+                        preexec_fn=_die_with_parent,
+                        pass_fds=(read_end,),
+                    )
+                )
+        finally:
+            os.close(read_end)
+        open_ends = [write_end]
+        try:
+            codes = _wait_all(procs, open_ends)
+        finally:
+            for fd in open_ends:
+                os.close(fd)
     worst = 0
     for number, (proc, code) in enumerate(zip(procs, codes, strict=True), start=1):
         if code != 0:
@@ -34,6 +56,18 @@ def supervise(argv: list[str], env: dict[str, str], count: int, log: Callable[[s
             log(f"taskmaster: spawn: slave {number} (pid {proc.pid}) {why}")
             worst = worst or (code if code > 0 else EXIT_FAILED)
     return worst
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], open_ends: list[int]) -> list[int]:
+    """Wait for every slave; the first that exits 0 closes the pipe (``open_ends``)."""
+    while True:
+        codes = [proc.poll() for proc in procs]  # every one: a zombie left would spin waitid
+        if open_ends and EXIT_OK in codes:
+            os.close(open_ends.pop())
+        if None not in codes:
+            return [proc.wait() for proc in procs]
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)  # until one ends; poll() reaps
 
 
 @contextlib.contextmanager
