@@ -502,3 +502,22 @@ def base_parser(doc: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer jobs, for a smoke run")
     return parser
+
+
+# --- targets (issue 11): one line each, gathered by run_all at the end ------------------
+
+TARGETS_ENV = "TM_BENCH_TARGETS"
+
+
+def report_target(goal: str, measured: str, met: bool | None) -> None:
+    """Print a target with what was measured beside it, and keep it for run_all's summary.
+
+    ``met`` is None when the numbers are missing (a row failed or was unavailable).
+    """
+    verdict = "no numbers" if met is None else ("met" if met else "NOT met")
+    line = f"target: {goal}: {measured} -> {verdict}"
+    print(line)
+    path = os.environ.get(TARGETS_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")

@@ -215,7 +215,7 @@ def test_parent_killed_at_a_crash_point(
 def test_second_run_on_the_same_state_file_is_refused(fault_job: Job) -> None:
     job = fault_job
     n = 600
-    with started(job, *ARGS, TM_N=str(n), TM_SLEEP="0.005") as proc:
+    with started(job, *ARGS, TM_N=str(n), TM_SLEEP="0.02") as proc:
         wait_until(lambda: ledger_lines(job) >= 20, 20, "the first run to start")
         second = job.run(*ARGS, "--resume", TM_N=str(n))
         assert second.returncode == 75, second.stderr

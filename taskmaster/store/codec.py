@@ -105,7 +105,7 @@ def split_bytes(data: bytes | bytearray | memoryview) -> list[bytes]:
 
 def encode_batch(jobs: Sequence[Any]) -> tuple[str, bytes] | None:
     """Encode a whole batch, or return None when some job in it cannot be serialized."""
-    if jobs and set(map(type, jobs)) == _ONLY_BYTES:
+    if jobs and type(jobs[0]) is bytes and set(map(type, jobs)) == _ONLY_BYTES:
         sizes = list(map(len, jobs))
         if sum(sizes) >= RAW_MIN_MEAN * len(sizes):  # small ones unpickle faster than split
             try:
