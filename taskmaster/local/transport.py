@@ -18,7 +18,6 @@ import itertools
 import mmap
 import multiprocessing
 import os
-import pickle
 import select
 import signal
 import socket
@@ -26,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import cast
 
 from taskmaster.core.events import (
     BatchDone,
@@ -44,6 +44,7 @@ from taskmaster.local.worker import (
     WorkerSpec,
     _Frames,
     frame_head,
+    parse_result,
     task_frame,
     worker_main,
 )
@@ -258,7 +259,7 @@ class LocalTransport:
             except OSError:
                 alive = False
             for data in frames.messages():
-                event = pickle.loads(data)
+                event = cast(Event, parse_result(data))
                 if isinstance(event, (BatchDone, BatchUnreadable)):
                     handle.held.pop(event.task_id, None)
                     slot = handle.slot_of.pop(event.task_id, None)

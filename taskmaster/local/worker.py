@@ -68,6 +68,17 @@ def _poll_interval(job_timeout: float) -> float:
 TASK_HEAD = struct.Struct("!cQQQBiQ")  # b"T", task id, first seq, count, codec, slot, size
 INLINE = -1  # the slot of a payload that follows its header in the frame
 STOP = b"S"
+# A worker's messages are pickled events, except the common one, a batch done without
+# failures: this struct (a pickle never starts with its tag).
+DONE = struct.Struct("!cQd")  # b"D", task id, seconds
+DONE_TAG = b"D"
+
+
+def parse_result(data: bytes | bytearray) -> object:
+    if data[:1] == DONE_TAG:
+        _, task_id, elapsed = DONE.unpack_from(data)
+        return BatchDone(task_id, elapsed)
+    return pickle.loads(data)
 
 
 @dataclass(slots=True, eq=False)
@@ -215,7 +226,10 @@ class Worker:
         self.current: list[tuple[int, int, float] | None] = [None] * spec.threads
 
     def send(self, event: object) -> None:
-        data = pickle.dumps(event, protocol=5)
+        if isinstance(event, BatchDone) and not event.failures:
+            data = DONE.pack(DONE_TAG, event.task_id, event.elapsed)
+        else:
+            data = pickle.dumps(event, protocol=5)
         with self.send_lock:
             self.conn.send_bytes(data)
 
