@@ -6,8 +6,8 @@ asyncio loop for ``async def`` handlers) run them and send one result per batch.
 ``--job-timeout``, the reader also watches how long each thread's job has run and, past the
 limit, reports the job and exits: a thread cannot be killed, its process can. A job stuck in
 C code that holds the GIL stops the reader as well; a timer the reader keeps pushing back
-(SIGALRM) then ends the process. With one thread and no --job-timeout the reader runs the
-batches itself: nothing needs watching, and a hand-off per batch would only cost time.
+(SIGALRM) then ends the process. (Running batches on the reader itself when there is one
+thread was measured slower on a busy machine, and so is not done.)
 
 Payloads come through the worker's shared-memory ring (see :class:`Ring`); the pipe
 carries their headers, the results, and payloads too big for a ring slot.
@@ -340,19 +340,6 @@ class Worker:
                     return
             self.check_timeouts()
 
-    def run_inline(self) -> None:
-        """One thread and no --job-timeout: the reader runs each batch itself, no hand-off.
-
-        Batches that arrive meanwhile wait in the pipe and the ring, in order, as they
-        would in the local queue; the parent never blocks on them (see LocalTransport).
-        """
-
-        def on_task(msg: TaskSent | Stop) -> None:
-            if not isinstance(msg, Stop):
-                self.run_batch(msg, 0)
-
-        self.read_loop(on_task)
-
     def run_threads(self) -> None:
         runners = [
             threading.Thread(target=self.runner, args=(i,), name=f"tm-runner-{i}", daemon=True)
@@ -463,8 +450,6 @@ def worker_main(
     worker = Worker(conn, spec, ring)
     if spec.is_async:
         worker.run_async()
-    elif spec.threads == 1 and spec.job_timeout is None:
-        worker.run_inline()
     else:
         worker.run_threads()
     if spec.teardown is not None:
