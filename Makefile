@@ -38,6 +38,7 @@ test: install lint
 
 bench: install
 	$(BIN)/python -m pip install --quiet mpire joblib || echo 'mpire/joblib not installed: their rows are skipped'
+	$(BIN)/python -m compileall -q taskmaster benchmarks  # as an installed package has them
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -502,3 +502,37 @@ def base_parser(doc: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer jobs, for a smoke run")
     return parser
+
+
+# --- targets (issue 11): one line each, gathered by run_all at the end ------------------
+
+TARGETS_ENV = "TM_BENCH_TARGETS"
+
+
+def report_target(goal: str, measured: str, met: bool | None, verdict: str = "") -> None:
+    """Print a target with what was measured beside it, and keep it for run_all's summary.
+
+    ``met`` is None when the numbers are missing (a row failed or was unavailable), unless
+    ``verdict`` says otherwise.
+    """
+    if not verdict:
+        verdict = "no numbers" if met is None else ("met" if met else "NOT met")
+    line = f"target: {goal}: {measured} -> {verdict}"
+    print(line)
+    path = os.environ.get(TARGETS_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def report_ideal_target(outcomes: Sequence[Outcome], ideal: float, what: str) -> None:
+    """The >= 90%-of-ideal target for taskmaster's row, with the peer's share beside it."""
+    tm = find(outcomes, "tm")
+    peers = [o for o in outcomes if not o.runner.is_tm and o.error is None and o.results]
+    goal = f"{what} >= 90% of ideal"
+    if tm is None:
+        report_target(goal, "-", None)
+        return
+    share = tm.rate / ideal
+    beside = f", {peers[0].runner.name} {100 * peers[0].rate / ideal:.0f}%" if peers else ""
+    report_target(goal, f"taskmaster {100 * share:.0f}%{beside}", share >= 0.9)

@@ -50,6 +50,7 @@ def main(argv: list[str]) -> int:
     outcomes = bl.run_alternating(runners(n, bl.tm_unavailable()), args.reps, TIMEOUT)
     print(f"Ideal: {ideal:,.0f} jobs/s ({n / ideal:.1f} s); {args.reps} alternating runs per row.")
     bl.report_ideal(outcomes, ideal)
+    bl.report_ideal_target(outcomes, ideal, "IO-bound threads")
     return 0
 
 

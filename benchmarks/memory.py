@@ -88,6 +88,12 @@ def report(outcomes: list[bl.Outcome], sizes: tuple[int, int]) -> None:
     print("Peak MiB summed over the process tree (sampled every ~20 ms):")
     bl.print_table(head, rows)
     print_errors(outcomes)
+    (_, a), (_, b) = cell(by["tm", small], "peak_pss"), cell(by["tm", large], "peak_pss")
+    (_, pa), (_, pb) = cell(by["pool", small], "peak_pss"), cell(by["pool", large], "peak_pss")
+    goal = f"memory flat: taskmaster's peak PSS at {lg} jobs within 10% of {s}"
+    x, px = bl.ratio(b, a), bl.ratio(pb, pa)
+    what = f"{bl.fmt_ratio(x)} ({a:,.0f} -> {b:,.0f} MiB; Pool {bl.fmt_ratio(px)})"
+    bl.report_target(goal, what, None if x != x else x <= 1.1)
 
 
 def print_errors(outcomes: list[bl.Outcome]) -> None:

@@ -8,25 +8,35 @@ Each script is bounded by a timeout and its process group is killed when it runs
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import benchlib as bl
 
 SCRIPTS = (
-    *("noop", "memory", "io_threads", "async_io", "checkpoint_cost", "resume_skip"),
+    "startup",
+    "blob",
+    "noop",
+    "memory",
+    "io_threads",
+    "async_io",
+    "checkpoint_cost",
+    "resume_skip",
     "resolved_ranges",
 )
 TIMEOUT = 240.0  # per script; a script's own runs are bounded more tightly
 GRACE = 10.0  # seconds a stopped script gets to kill its runs and remove its temp dirs
 
 
-def run_script(name: str, quick: bool) -> tuple[str, float]:
+def run_script(name: str, quick: bool, targets: str) -> tuple[str, float]:
     """Run one script with its output going straight to ours; (status, seconds)."""
     cmd = [bl.PYTHON, str(bl.BENCH_DIR / f"{name}.py"), *(["--quick"] if quick else [])]
+    env = {**os.environ, bl.TARGETS_ENV: targets}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
     try:
         rc = proc.wait(timeout=TIMEOUT)
         status = "ok" if rc == 0 else f"exit {rc}"
@@ -62,13 +72,20 @@ def main(argv: list[str]) -> int:
     print(f"taskmaster: {bl.tm_unavailable() or 'tm-run found'}")
     summary = []
     t0 = time.perf_counter()
-    for name in names:
-        sys.stdout.flush()
-        status, secs = run_script(name, args.quick)
-        summary.append([name, status, f"{secs:.0f}"])
-    print("\n== summary ==")
-    bl.print_table(["benchmark", "status", "seconds"], summary)
-    print(f"total: {time.perf_counter() - t0:.0f} s")
+    with tempfile.NamedTemporaryFile("w+", prefix="tm-bench-targets-") as targets:
+        for name in names:
+            sys.stdout.flush()
+            status, secs = run_script(name, args.quick, targets.name)
+            summary.append([name, status, f"{secs:.0f}"])
+        print("\n== summary ==")
+        bl.print_table(["benchmark", "status", "seconds"], summary)
+        print(f"total: {time.perf_counter() - t0:.0f} s")
+        targets.seek(0)
+        lines = targets.read().splitlines()
+    if lines:
+        print("\n== targets (issue 11), each with what was measured beside it ==")
+        for line in lines:
+            print(line.removeprefix("target: "))
     return 0 if all(status == "ok" for _, status, _ in summary) else 1
 
 

@@ -12,9 +12,6 @@ import sys
 import time
 from typing import Any, TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
 from taskmaster.core.stats import RunStats, Snapshot
 
 
@@ -114,6 +111,17 @@ class RichReporter:
     """A live line on stderr: counts, rate, and a bar with an ETA when the total is known."""
 
     def __init__(self) -> None:
+        # Imported here: rich costs ~30 ms of start-up, and a run without a terminal has
+        # no use for it.
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.console = Console(stderr=True)
         self.progress = Progress(
             SpinnerColumn(),

@@ -99,7 +99,11 @@ class Puller:
         if not jobs:
             return None
         encoded = codec.encode_batch(jobs)
-        if len(jobs) == rng.end - rng.start and encoded and codec.digest(encoded[1]) == rng.digest:
+        if (
+            len(jobs) == rng.end - rng.start
+            and encoded
+            and codec.same_batch(jobs, encoded[1], rng.digest)
+        ):
             self.ledger.skip_resolved(len(jobs), jobs[-1])
             self.counters.skipped += len(jobs)
             return None

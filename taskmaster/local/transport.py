@@ -13,25 +13,25 @@ What a pipe does not take at once waits in the worker's outbox until it is writa
 from __future__ import annotations
 
 import collections
-import dataclasses
+import contextlib
 import itertools
+import mmap
 import multiprocessing
 import os
-import pickle
-import selectors
+import select
 import signal
 import socket
-import struct
+import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import cast
 
 from taskmaster.core.events import (
     BatchDone,
     BatchUnreadable,
     Event,
     JobTimedOut,
-    Stop,
     TaskSent,
     WorkerLost,
 )
@@ -39,7 +39,13 @@ from taskmaster.local.worker import (
     EXIT_PARENT_GONE,
     EXIT_SETUP_FAILED,
     EXIT_TIMEOUT,
+    STOP,
+    Ring,
     WorkerSpec,
+    _Frames,
+    frame_head,
+    parse_result,
+    task_frame,
     worker_main,
 )
 
@@ -79,20 +85,23 @@ def describe_exit(exitcode: int | None) -> str:
     )
 
 
-def _framed(data: bytes) -> tuple[bytes, bytes]:
-    """``data`` framed as ``Connection.send_bytes`` frames it, for the worker's recv_bytes."""
-    size = len(data)
-    if size > 0x7FFFFFFF:
-        return struct.pack("!iQ", -1, size), data
-    return struct.pack("!i", size), data
+SLOT_BYTES = 2 << 20  # a batch payload up to this size goes through the worker's ring
+RING_BYTES = 64 << 20  # at most this much shared memory per worker (mapped; touched as used)
+SEND_BUFFER = 4 << 20  # bytes the kernel holds for a worker (capped by net.core.wmem_max)
+_READ = select.POLLIN | select.POLLPRI
+_WRITE = select.POLLOUT
 
 
 @dataclass(slots=True, eq=False)
 class _Handle:
     worker_id: int
     process: BaseProcess
-    conn: Connection  # the parent reads the worker's results from it
+    conn: Connection  # owns the parent's end of the pipe (non-blocking)
     sock: socket.socket  # the same pipe, for writes that never block
+    frames: _Frames  # the worker's results, taken as they come
+    ring: Ring
+    free: list[int]  # the ring's free slots
+    slot_of: dict[int, int] = field(default_factory=dict)  # task id -> its slot in the ring
     # task ids in the order they were sent; a dict keeps that order, unlike a set
     held: dict[int, None] = field(default_factory=dict)
     outbox: collections.deque[memoryview] = field(default_factory=collections.deque)
@@ -110,6 +119,9 @@ class LocalTransport:
         self._workers: dict[int, _Handle] = {}
         self._next_id = 0
         self.lost = 0
+        # One poll set for the run, kept up to date: what each fd in it stands for
+        self._poll = select.poll()
+        self._fds: dict[int, tuple[_Handle | None, str]] = {}
 
     def describe(self) -> str:
         return f"{self.n_workers} worker processes x {self.spec.threads} threads"
@@ -127,9 +139,12 @@ class LocalTransport:
             fd for h in self._workers.values() for fd in (h.conn.fileno(), h.sock.fileno())
         ]
         inherited.append(parent_end.fileno())
+        slot_bytes = max(1, min(SLOT_BYTES, RING_BYTES // self.slots_each))
+        ring = Ring(mmap.mmap(-1, slot_bytes * self.slots_each), slot_bytes)
+        others = tuple(h.ring.memory for h in self._workers.values())
         process = self._ctx.Process(
             target=worker_main,
-            args=(child_end, self.spec, os.getpid(), inherited),
+            args=(child_end, self.spec, os.getpid(), inherited, ring, others),
             name=f"taskmaster-worker-{worker_id}",
             daemon=True,
         )
@@ -141,9 +156,26 @@ class LocalTransport:
             process.start()
             child_end.close()
             sock = socket.socket(fileno=os.dup(parent_end.fileno()))
-            self._workers[worker_id] = _Handle(worker_id, process, parent_end, sock)
+            frames = _Frames(parent_end.fileno())
+            free = list(range(self.slots_each))
+            handle = _Handle(worker_id, process, parent_end, sock, frames, ring, free)
+            self._workers[worker_id] = handle
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        # Big batches cross in one write; the window still bounds what the pipes hold.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        sock.setblocking(False)  # and so the Connection's fd too: they share one file
+        self._watch(parent_end.fileno(), handle, "conn", _READ)
+        self._watch(process.sentinel, handle, "sentinel", _READ)
+
+    def _watch(self, fd: int, handle: _Handle | None, kind: str, events: int) -> None:
+        self._fds[fd] = (handle, kind)
+        self._poll.register(fd, events)
+
+    def _unwatch(self, fd: int) -> None:
+        if self._fds.pop(fd, None) is not None:
+            self._poll.unregister(fd)
 
     def pids(self) -> list[int]:
         return [h.process.pid for h in self._workers.values() if h.process.pid is not None]
@@ -157,9 +189,15 @@ class LocalTransport:
             key=lambda h: self.slots_each - len(h.held),
         )
         handle.held[task.task_id] = None
-        # Header and payload go as two messages so the payload is never copied into a pickle.
-        header = pickle.dumps(dataclasses.replace(task, payload=b""), protocol=5)
-        self._post(handle, *_framed(header), *_framed(task.payload))
+        size = len(task.payload)
+        if size > handle.ring.slot_bytes or not handle.free:
+            self._post(handle, *task_frame(task))
+            return
+        slot = handle.free.pop()
+        handle.slot_of[task.task_id] = slot
+        start = slot * handle.ring.slot_bytes
+        handle.ring.memory[start : start + size] = task.payload
+        self._post(handle, *task_frame(task, slot))
 
     def _post(self, handle: _Handle, *parts: bytes) -> None:
         handle.outbox.extend(memoryview(part) for part in parts)
@@ -170,44 +208,41 @@ class LocalTransport:
         outbox = handle.outbox
         while outbox:
             try:
-                sent = handle.sock.sendmsg(
-                    list(itertools.islice(outbox, 64)), [], socket.MSG_DONTWAIT
-                )
+                parts = list(itertools.islice(outbox, 64))
+                sent = handle.sock.sendmsg(parts, [], socket.MSG_DONTWAIT)
             except BlockingIOError:
-                return
+                break
             except OSError:  # the worker died: its sentinel reports it, with its batches
                 outbox.clear()
-                return
+                break
             while sent and outbox:
                 if len(outbox[0]) <= sent:
                     sent -= len(outbox.popleft())
                 else:
                     outbox[0] = outbox[0][sent:]
                     sent = 0
+        fd = handle.conn.fileno()
+        if fd in self._fds:  # ask to hear when it is writable only while something waits
+            self._poll.modify(fd, _READ | _WRITE if outbox else _READ)
 
     def wait(self, timeout: float | None, wake_fds: list[int]) -> list[Event]:
-        with selectors.PollSelector() as selector:
-            for h in self._workers.values():
-                selector.register(h.conn, selectors.EVENT_READ, h)
-                selector.register(h.process.sentinel, selectors.EVENT_READ, h)
-                if h.outbox:
-                    selector.register(h.sock, selectors.EVENT_WRITE, h)
-            for fd in wake_fds:
-                selector.register(fd, selectors.EVENT_READ, None)
-            ready = selector.select(timeout)
+        for fd in wake_fds:
+            if fd not in self._fds:
+                self._watch(fd, None, "wake", _READ)
+        ready = self._poll.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.5)))
         events: list[Event] = []
         dead: list[_Handle] = []
-        for key, _ in ready:
-            handle = key.data
+        for fd, mask in ready:
+            handle, kind = self._fds.get(fd, (None, ""))
             if handle is None:
-                continue  # a wake fd: the caller reads it
-            if key.fileobj is handle.sock:
+                continue  # a wake fd (the caller reads it), or a worker buried just now
+            if kind == "sentinel":
+                dead.append(handle)
+                continue
+            if mask & _WRITE:
                 self._flush(handle)
-            elif key.fileobj is handle.conn:
-                if not self._drain(handle, events):
-                    dead.append(handle)
-            else:
-                dead.append(handle)  # its sentinel
+            if mask & ~_WRITE and not self._drain(handle, events):
+                dead.append(handle)
         for handle in dict.fromkeys(dead):
             self._drain(handle, events)  # results it sent before dying still count
             events.append(self._bury(handle))
@@ -215,21 +250,31 @@ class LocalTransport:
 
     def _drain(self, handle: _Handle, events: list[Event]) -> bool:
         """Read every message waiting on a worker's pipe; False when the pipe is closed."""
-        conn = handle.conn
-        try:
-            while conn.poll():
-                event = pickle.loads(conn.recv_bytes())
+        frames, alive = handle.frames, True
+        while alive:
+            try:
+                alive = frames.read()
+            except BlockingIOError:
+                break
+            except OSError:
+                alive = False
+            for data in frames.messages():
+                event = cast(Event, parse_result(data))
                 if isinstance(event, (BatchDone, BatchUnreadable)):
                     handle.held.pop(event.task_id, None)
+                    slot = handle.slot_of.pop(event.task_id, None)
+                    if slot is not None:  # decoded: the worker reads it no more
+                        handle.free.append(slot)
                 events.append(event)
-        except (EOFError, OSError):
-            return False
-        return True
+        return alive
 
     def _bury(self, handle: _Handle) -> Event:
         handle.process.join(timeout=5)
+        self._unwatch(handle.conn.fileno())
+        self._unwatch(handle.process.sentinel)
         handle.conn.close()
         handle.sock.close()
+        handle.ring.memory.close()
         handle.outbox.clear()
         del self._workers[handle.worker_id]
         held = tuple(handle.held)
@@ -269,15 +314,30 @@ class LocalTransport:
             if kill and handle.process.pid:
                 os.kill(handle.process.pid, signal.SIGKILL)
             else:
-                self._post(handle, *_framed(pickle.dumps(Stop())))
+                self._post(handle, frame_head(len(STOP)), STOP)
         for handle in list(self._workers.values()):
+            if not kill:
+                self._flush_blocking(handle, 30.0)
             handle.process.join(timeout=5 if kill else 30)
             if handle.process.is_alive() and handle.process.pid:
                 os.kill(handle.process.pid, signal.SIGKILL)
                 handle.process.join()
+            self._unwatch(handle.conn.fileno())
+            self._unwatch(handle.process.sentinel)
             handle.conn.close()
             handle.sock.close()
+            handle.ring.memory.close()
         self._workers.clear()
+
+    def _flush_blocking(self, handle: _Handle, timeout: float) -> None:
+        """Finish writing a stopping worker's outbox (its Stop last), while it still reads."""
+        deadline = time.monotonic() + timeout
+        while handle.outbox and handle.process.is_alive():
+            _, writable, _ = select.select([], [handle.sock], [], 0.1)
+            if writable:
+                self._flush(handle)
+            if time.monotonic() > deadline:
+                return
 
 
 __all__ = ["LocalTransport", "describe_exit", "JobTimedOut"]

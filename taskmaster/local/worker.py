@@ -6,29 +6,35 @@ asyncio loop for ``async def`` handlers) run them and send one result per batch.
 ``--job-timeout``, the reader also watches how long each thread's job has run and, past the
 limit, reports the job and exits: a thread cannot be killed, its process can. A job stuck in
 C code that holds the GIL stops the reader as well; a timer the reader keeps pushing back
-(SIGALRM) then ends the process.
+(SIGALRM) then ends the process. (Running batches on the reader itself when there is one
+thread was measured slower on a busy machine, and so is not done.)
+
+Payloads come through the worker's shared-memory ring (see :class:`Ring`); the pipe
+carries their headers, the results, and payloads too big for a ring slot.
 """
 
 from __future__ import annotations
 
-import asyncio
+import collections
 import contextlib
 import ctypes
-import dataclasses
 import faulthandler
+import mmap
+import operator
 import os
 import pickle
 import queue
+import select
 import signal
 import struct
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from taskmaster.core.code import JobCode
 from taskmaster.core.events import (
@@ -43,6 +49,9 @@ from taskmaster.errors import describe_error
 from taskmaster.store import codec
 from taskmaster.store.failures import FailureKind
 
+if TYPE_CHECKING:
+    import asyncio  # imported when a handler is async: it costs ~20 ms at start-up
+
 EXIT_TIMEOUT = 3  # the worker exits with this after reporting a JobTimedOut
 EXIT_PARENT_GONE = 4
 EXIT_SETUP_FAILED = 5  # setup_worker raised: the worker never took a batch
@@ -52,6 +61,71 @@ WATCHDOG_GRACE = 1.0  # seconds past --job-timeout and a poll before SIGALRM end
 def _poll_interval(job_timeout: float) -> float:
     """How often the reader checks the running jobs' ages under --job-timeout."""
     return min(1.0, job_timeout / 4)
+
+
+# The parent's messages, each one frame as ``Connection.send_bytes`` frames it: a batch is
+# this header, then its payload in the same frame unless the payload waits in the worker's
+# ring (``slot`` >= 0); a lone STOP byte tells the worker to finish.
+TASK_HEAD = struct.Struct("!cQQQBiQ")  # b"T", task id, first seq, count, codec, slot, size
+INLINE = -1  # the slot of a payload that follows its header in the frame
+STOP = b"S"
+# A worker's messages are pickled events, except the common one, a batch done without
+# failures: this struct (a pickle never starts with its tag).
+DONE = struct.Struct("!cQd")  # b"D", task id, seconds
+DONE_TAG = b"D"
+
+
+def parse_result(data: bytes | bytearray) -> object:
+    if data[:1] == DONE_TAG:
+        _, task_id, elapsed = DONE.unpack_from(data)
+        return BatchDone(task_id, elapsed)
+    return pickle.loads(data)
+
+
+@dataclass(slots=True, eq=False)
+class Ring:
+    """A worker's shared memory, one region per batch slot, mapped before the fork.
+
+    The parent writes a batch's payload into a free region and sends only its header; the
+    worker decodes the jobs straight from there, so the payload crosses no pipe. A region
+    is free again once the batch's result came back: the worker has decoded it by then.
+    """
+
+    memory: mmap.mmap
+    slot_bytes: int
+
+    def view(self, slot: int, size: int) -> memoryview:
+        start = slot * self.slot_bytes
+        return memoryview(self.memory)[start : start + size]
+
+
+def frame_head(size: int) -> bytes:
+    """The size prefix of a frame, as ``Connection.send_bytes`` writes it."""
+    if size > 0x7FFFFFFF:
+        return struct.pack("!iQ", -1, size)
+    return struct.pack("!i", size)
+
+
+def task_frame(task: TaskSent, slot: int = INLINE) -> tuple[bytes, ...]:
+    """A batch as buffers to write back to back: frame size and header (then payload)."""
+    size = len(task.payload)
+    head = TASK_HEAD.pack(
+        b"T", task.task_id, task.first_seq, task.count, codec.NAMES.index(task.codec), slot, size
+    )
+    if slot != INLINE:
+        return (frame_head(len(head)) + head,)
+    return frame_head(len(head) + size) + head, task.payload
+
+
+def parse_message(data: bytes | bytearray, ring: Ring | None) -> TaskSent | Stop:
+    if data[:1] == STOP:
+        return Stop()
+    _, task_id, first_seq, count, name, slot, size = TASK_HEAD.unpack_from(data)
+    if slot == INLINE or ring is None:
+        payload = memoryview(data)[TASK_HEAD.size :]  # read in place, never copied
+    else:
+        payload = ring.view(slot, size)
+    return TaskSent(task_id, first_seq, count, codec.NAMES[name], cast(bytes, payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +165,7 @@ class _Frames:
     not watch --job-timeout. A big message is read in place, into a buffer of its size.
     """
 
-    BIG = 1 << 20
+    BIG = 1 << 16
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -109,12 +183,12 @@ class _Frames:
         self.buf += chunk
         return bool(chunk)
 
-    def messages(self) -> Iterator[bytes]:
+    def messages(self) -> Iterator[bytes | bytearray]:
         if self.big is not None:
             if self.filled < len(self.big):
                 return
             big, self.big = self.big, None
-            yield cast(bytes, big)  # read-only from here on: unpickled, never kept
+            yield big  # read-only from here on: decoded, never kept
         buf, pos = self.buf, 0
         try:
             while len(buf) - pos >= 4:
@@ -133,10 +207,15 @@ class _Frames:
                         self.big[: self.filled] = buf[start:]
                         pos = len(buf)
                     break
-                yield bytes(buf[start:end])
+                yield buf[start:end]
                 pos = end
         finally:
             del buf[:pos]
+
+
+_consume: Callable[[Iterable[Any]], None] = collections.deque(
+    maxlen=0
+).extend  # runs an iterator to its end, keeping nothing
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -151,16 +230,20 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 class Worker:
-    def __init__(self, conn: Connection, spec: WorkerSpec) -> None:
+    def __init__(self, conn: Connection, spec: WorkerSpec, ring: Ring | None = None) -> None:
         self.conn = conn
         self.spec = spec
+        self.ring = ring
         self.inbox: queue.SimpleQueue[TaskSent | Stop] = queue.SimpleQueue()
         self.send_lock = threading.Lock()
         # per runner thread: (task_id, index, started) of the job it runs, for --job-timeout
         self.current: list[tuple[int, int, float] | None] = [None] * spec.threads
 
     def send(self, event: object) -> None:
-        data = pickle.dumps(event, protocol=5)
+        if isinstance(event, BatchDone) and not event.failures:
+            data = DONE.pack(DONE_TAG, event.task_id, event.elapsed)
+        else:
+            data = pickle.dumps(event, protocol=5)
         with self.send_lock:
             self.conn.send_bytes(data)
 
@@ -205,10 +288,15 @@ class Worker:
         assert handle is not None
         failures: list[JobFailed] = []
         if self.spec.job_timeout is None:
-            for index, job in enumerate(jobs):
+            # The loop runs in C (map, consumed by a deque that keeps nothing); a failure
+            # is located by what the iterator has left, and the loop resumes after it.
+            rest = iter(jobs)
+            while True:
                 try:
-                    handle(job)
+                    _consume(map(handle, rest))
+                    break
                 except BaseException as exc:
+                    index = len(jobs) - operator.length_hint(rest) - 1
                     failures.append(JobFailed(index, *describe_error(exc)))
         else:
             current, clock = self.current, time.monotonic
@@ -246,23 +334,19 @@ class Worker:
         limit = self.spec.job_timeout
         interval = None if limit is None else _poll_interval(limit)
         self.check_timeouts()  # arms the watchdog
-        frames = _Frames(self.conn.fileno())
-        header: TaskSent | None = None  # a batch whose payload is the next message
+        fd = self.conn.fileno()
+        frames = _Frames(fd)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        timeout_ms = None if interval is None else max(1, int(interval * 1000))
         while True:
             try:
-                if self.conn.poll(interval) and not frames.read():
+                if poller.poll(timeout_ms) and not frames.read():
                     os._exit(EXIT_PARENT_GONE)  # the parent is gone: nobody wants our results
             except OSError:
                 os._exit(EXIT_PARENT_GONE)
             for data in frames.messages():
-                if header is not None:
-                    msg: TaskSent | Stop = dataclasses.replace(header, payload=data)
-                    header = None
-                else:
-                    msg = pickle.loads(data)
-                    if isinstance(msg, TaskSent):  # its payload follows as a message of its own
-                        header = msg
-                        continue
+                msg = parse_message(data, self.ring)
                 on_task(msg)
                 if isinstance(msg, Stop):
                     if limit is not None:
@@ -290,6 +374,8 @@ class Worker:
             t.join()
 
     def run_async(self) -> None:
+        import asyncio
+
         loop = asyncio.new_event_loop()
         inbox: asyncio.Queue[TaskSent | Stop] = asyncio.Queue()
         thread = threading.Thread(
@@ -305,6 +391,8 @@ class Worker:
         loop.close()
 
     async def _async_main(self, inbox: asyncio.Queue[TaskSent | Stop]) -> None:
+        import asyncio
+
         gate = asyncio.Semaphore(self.spec.threads)
         running: set[asyncio.Task[None]] = set()
         while True:
@@ -318,6 +406,8 @@ class Worker:
             await asyncio.gather(*running)
 
     async def _async_batch(self, task: TaskSent, gate: asyncio.Semaphore) -> None:
+        import asyncio
+
         jobs = self.decode(task)
         if jobs is None:
             return
@@ -342,7 +432,14 @@ class Worker:
         self.send(BatchDone(task.task_id, time.perf_counter() - started, tuple(failures)))
 
 
-def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, close_fds: list[int]) -> None:
+def worker_main(
+    conn: Connection,
+    spec: WorkerSpec,
+    parent_pid: int,
+    close_fds: list[int],
+    ring: Ring | None = None,
+    other_rings: tuple[mmap.mmap, ...] = (),
+) -> None:
     """Entry point of a forked worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the parent decides on Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -352,6 +449,9 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, close_fds: 
     for fd in close_fds:  # other workers' pipe ends: holding them would hide their EOFs
         with contextlib.suppress(OSError):
             os.close(fd)
+    for memory in other_rings:  # other workers' rings: a dead one's pages would linger
+        with contextlib.suppress(BufferError, ValueError):
+            memory.close()
     faulthandler.enable(file=sys.stderr, all_threads=True)
     if spec.job_timeout is not None:  # the watchdog's SIGALRM: dump the stacks, then die of it
         faulthandler.register(signal.SIGALRM, file=sys.stderr, all_threads=True, chain=True)
@@ -362,7 +462,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, close_fds: 
             traceback.print_exc()  # the user's own traceback, then a death the parent knows
             sys.stderr.flush()
             os._exit(EXIT_SETUP_FAILED)
-    worker = Worker(conn, spec)
+    worker = Worker(conn, spec, ring)
     if spec.is_async:
         worker.run_async()
     else:

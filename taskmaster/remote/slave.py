@@ -358,7 +358,7 @@ class Slave:
 
     def _on_task(self, msg: frames.Message, body: Body) -> None:
         name = body.text("codec")
-        if name not in (codec.PICKLE, codec.DILL):
+        if name not in codec.NAMES:
             raise MalformedBody(f"unknown codec {name!r}")
         assert self.run_id is not None
         self._next_local += 1

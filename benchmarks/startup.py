@@ -1,0 +1,117 @@
+"""Start-up: a run with no jobs, and how soon the first job starts after get_jobs yields it.
+
+Rows, each a whole process timed from start to exit: the interpreter alone
+(``python -c pass``), the smallest ``multiprocessing.Pool(2)`` script that maps over no
+jobs, and ``tm-run`` with 2 workers over a ``get_jobs`` that yields nothing (state file
+and final checkpoint included). Then ``tm-run`` over one job: the job module stamps the
+system's monotonic clock when it yields job 0 and when the handler starts it, in a worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import benchlib as bl
+
+WORKERS = 2
+REPS = 7
+TIMEOUT = 30.0
+START_TARGET = 1.5  # tm-run with no jobs, at most this many times the Pool script
+FIRST_JOB_TARGET = 0.050  # seconds from the yield of job 0 to its handler's start
+
+POOL_SCRIPT = (
+    "import multiprocessing as mp\n"
+    "def f(x):\n"
+    "    return x\n"
+    "if __name__ == '__main__':\n"
+    f"    with mp.get_context('fork').Pool({WORKERS}) as pool:\n"
+    "        n = sum(1 for _ in pool.imap_unordered(f, [], chunksize=100))\n"
+    "    print('{\"jobs\": %d}' % n)\n"
+)
+
+
+def runners(tm_reason: str | None) -> list[bl.Runner]:
+    def python(_tmp: str) -> list[str]:
+        return [bl.PYTHON, "-c", "print('{\"jobs\": 0}')"]
+
+    def pool(_tmp: str) -> list[str]:
+        return [bl.PYTHON, "-c", POOL_SCRIPT]
+
+    def tm(tmp: str) -> list[str]:
+        return bl.tm_cmd("first_jobs", tmp, workers=WORKERS, kwargs={"n": 0})
+
+    return [
+        bl.Runner("python -c print(...)", python, 0, key="python", note="the interpreter alone"),
+        bl.Runner(f"Pool({WORKERS}) script, no jobs", pool, 0, key="pool"),
+        bl.tm_runner(f"taskmaster tm-run {WORKERS} workers, no jobs", tm, 0, tm_reason),
+    ]
+
+
+def first_job_latencies(reps: int) -> tuple[list[float], str | None]:
+    """Seconds from the yield of job 0 to its handler's start, one per run."""
+    out: list[float] = []
+    for _ in range(reps):
+        with bl.state_dir() as tmp:
+            stamp = str(Path(tmp) / "stamp")
+            env = {**os.environ, "TM_BENCH_STAMP": stamp}
+            cmd = bl.tm_cmd("first_jobs", tmp, workers=WORKERS, kwargs={"n": 1})
+            res = bl.run_cmd(cmd, TIMEOUT, env=env)
+            if not res.ok:
+                return out, res.why()
+            try:
+                yielded = float(Path(stamp + ".yield").read_text())
+                ran = float(Path(stamp + ".run").read_text())
+            except (OSError, ValueError) as exc:
+                return out, f"no stamps ({exc})"
+            out.append(ran - yielded)
+    return out, None
+
+
+def main(argv: list[str]) -> int:
+    parser = bl.base_parser(__doc__)
+    parser.add_argument("--reps", type=int, default=REPS)
+    args: argparse.Namespace = parser.parse_args(argv)
+    bl.print_header(
+        f"startup: runs with no jobs, and the first job's latency ({WORKERS} workers)", args
+    )
+    reason = bl.tm_unavailable()
+    outcomes = bl.run_alternating(runners(reason), args.reps, TIMEOUT)
+    rows = []
+    for out in outcomes:
+        walls = out.walls
+        wall = f"{bl.median(walls) * 1000:.0f}" if walls else "-"
+        spread = f"{min(walls) * 1000:.0f}-{max(walls) * 1000:.0f}" if walls else "-"
+        rows.append([out.runner.name, wall, spread, out.note])
+    print(f"{args.reps} alternating runs per row; wall time of the whole process tree.")
+    bl.print_table(["runner", "wall ms (median)", "min-max", "note"], rows)
+    bl.print_unavailable(outcomes)
+    tm, pool = bl.find(outcomes, "tm"), bl.find(outcomes, "pool")
+    goal = f"start-up (no jobs) <= {START_TARGET}x a Pool({WORKERS}) script with no jobs"
+    if tm is None or pool is None:
+        bl.report_target(goal, "-", None)
+    else:
+        tm_s, pool_s = bl.median(tm.walls), bl.median(pool.walls)
+        x = tm_s / pool_s
+        what = f"{x:.2f}x ({tm_s * 1000:.0f} ms vs {pool_s * 1000:.0f} ms)"
+        bl.report_target(goal, what, x <= START_TARGET)
+    goal = f"first job starts <= {FIRST_JOB_TARGET * 1000:.0f} ms after its yield"
+    if reason is not None:
+        bl.report_target(goal, f"taskmaster not available ({reason})", None)
+        return 0
+    lat, error = first_job_latencies(args.reps)
+    if error is not None:
+        print(f"first job latency: {error}")
+    if not lat:
+        bl.report_target(goal, "-", None)
+        return 0
+    med = bl.median(lat)
+    what = f"median {med * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms over {len(lat)} runs"
+    bl.report_target(goal, what, med <= FIRST_JOB_TARGET)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
