@@ -275,8 +275,7 @@ class Worker:
         for t in runners:
             t.join()
 
-    def run_async(self) -> None:
-        loop = asyncio.new_event_loop()
+    def run_async(self, loop: asyncio.AbstractEventLoop) -> None:
         inbox: asyncio.Queue[TaskSent | Stop] = asyncio.Queue()
         thread = threading.Thread(
             target=loop.run_until_complete, args=(self._async_main(inbox),), daemon=True
@@ -288,7 +287,6 @@ class Worker:
 
         self.read_loop(on_task)
         thread.join()
-        loop.close()
 
     async def _async_main(self, inbox: asyncio.Queue[TaskSent | Stop]) -> None:
         gate = asyncio.Semaphore(self.spec.threads)
@@ -340,17 +338,33 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, close_fds: 
     faulthandler.enable(file=sys.stderr, all_threads=True)
     if spec.job_timeout is not None:  # the watchdog's SIGALRM: dump the stacks, then die of it
         faulthandler.register(signal.SIGALRM, file=sys.stderr, all_threads=True, chain=True)
+    # With an async handle_job, an async setup_worker/teardown_worker runs on the loop the
+    # jobs run on, so what it opens (a connection pool) belongs to that loop.
+    loop = asyncio.new_event_loop() if spec.is_async else None
     if spec.setup is not None:
         try:
-            spec.setup()
+            _call_hook(spec.setup, loop)
         except BaseException:
             traceback.print_exc()  # the user's own traceback, then a death the parent knows
             sys.stderr.flush()
             os._exit(EXIT_SETUP_FAILED)
     worker = Worker(conn, spec)
-    if spec.is_async:
-        worker.run_async()
+    if loop is not None:
+        worker.run_async(loop)
     else:
         worker.run_threads()
     if spec.teardown is not None:
-        spec.teardown()
+        _call_hook(spec.teardown, loop)
+    if loop is not None:
+        loop.close()
+
+
+def _call_hook(hook: Callable[[], Any], loop: asyncio.AbstractEventLoop | None) -> None:
+    """Call setup_worker or teardown_worker; await it on ``loop`` if it is ``async def``."""
+    result = hook()
+    if inspect.isawaitable(result):
+        if loop is None:  # the CLI refuses this at start; the Python API may not
+            if inspect.iscoroutine(result):
+                result.close()
+            raise TypeError("an async setup_worker/teardown_worker needs an async handle_job")
+        loop.run_until_complete(result)
