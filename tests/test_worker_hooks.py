@@ -74,3 +74,59 @@ def test_an_async_teardown_with_handle_batch_is_refused_at_start(
     result = job.run("2", TM_N="10")
     assert result.returncode == 2, result.stderr
     assert "teardown_worker is async def, but the module has handle_batch" in result.stderr
+
+
+SETUP_FAILS_MODULE = (
+    LEDGER_MODULE
+    + """
+def connect(dsn):
+    raise ConnectionError("could not connect to %s:\\nis the server running?" % dsn)
+
+
+def setup_worker():
+    connect("db.invalid")
+"""
+)
+
+
+def test_a_failing_setup_is_reported_once_with_the_users_traceback(
+    make_job: Callable[[str], Job],
+) -> None:
+    job = make_job(SETUP_FAILS_MODULE)
+    result = job.run("2", TM_N="50")
+    err = result.stderr
+    assert result.returncode == 1, err
+    assert err.count("Traceback (most recent call last)") == 1, err
+    assert err.count("could not connect to db.invalid") == 1, err
+    assert "could not start: setup_worker raised:\n    Traceback" in err, err
+    assert (
+        "    ConnectionError: could not connect to db.invalid:\n    is the server running?" in err
+    )
+    assert "in setup_worker\n" in err and "taskmaster/local" not in err, err  # trimmed
+    assert "workers in a row could not start" in err and "--resume" in err
+    assert not job.counts()
+
+
+PRINTS_MODULE = (
+    LEDGER_MODULE
+    + """
+import sys
+
+
+def handle_job(job):
+    out = sys.stderr if job % 2 else sys.stdout
+    print("line", job, "x" * 200, "end", file=out)
+    record(job)
+"""
+)
+
+
+def test_worker_prints_never_mix_within_a_line(make_job: Callable[[str], Job]) -> None:
+    """Two workers printing to the same pipes: block buffering would cut lines at 8 KiB."""
+    job = make_job(PRINTS_MODULE)
+    result = job.run("2", "--threads", "2", TM_N="4000")
+    assert result.returncode == 0, result.stderr
+    printed = [ln for ln in result.stdout.splitlines() + result.stderr.splitlines()
+               if "line" in ln or "end" in ln]  # fmt: skip
+    expected = {f"line {i} {'x' * 200} end" for i in range(4000)}
+    assert len(printed) == 4000 and set(printed) == expected

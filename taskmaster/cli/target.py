@@ -170,9 +170,7 @@ def load_target(
 def _check_async_hooks(target: Target, origin: str) -> None:
     """An ``async def`` setup/teardown runs on the worker's asyncio loop, which only an
     ``async def handle_job`` (without ``handle_batch``) has."""
-    handler_async = target.handle_batch is None and inspect.iscoroutinefunction(
-        target.handle_job
-    )
+    handler_async = target.handle_batch is None and inspect.iscoroutinefunction(target.handle_job)
     for hook in (target.setup_worker, target.teardown_worker):
         if hook is None or handler_async or not inspect.iscoroutinefunction(hook):
             continue

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import heapq
 import random
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ class Coordinator:
         self.on_wake: Callable[[], None] = lambda: None
         self.pulling = False  # inside get_jobs, where only an exception gets the loop back
         self._setup_failures = 0  # in a row, since a batch was last done
+        self._setup_reported: str | None = None  # the setup_worker traceback last shown
         self._pull_stopped = False
         self._t0 = clock()
         self.bucket = TokenBucket(options.rate, self._t0) if options.rate else None
@@ -384,13 +386,15 @@ class Coordinator:
         seqs = ", ".join(_seq_range(t) for t in tasks) or "no jobs"
         who = f"worker {event.worker_id} (pid {event.pid}) {event.reason}"
         if self.stopping:  # draining or aborting: nothing is charged or sent any more
-            self.reporter.message(
-                f"{who} holding {seqs}; they stay unresolved and run again on --resume"
-            )
+            if not event.setup_failed:  # that one was reported, and the run is stopping for it
+                self.reporter.message(
+                    f"{who} holding {seqs}; they stay unresolved and run again on --resume"
+                )
             return
-        self.reporter.message(f"{who} holding {seqs}; they will run again")
         if event.setup_failed:
-            self._on_setup_failed()
+            self._on_setup_failed(who, event.detail)
+        else:
+            self.reporter.message(f"{who} holding {seqs}; they will run again")
         queued = set(event.queued)
         innocent: list[Task] = []
         for task in tasks:
@@ -404,13 +408,18 @@ class Coordinator:
                 self._lost_task(task, f"WorkerDied: {who}", "")
         self.ready.extendleft(reversed(innocent))
 
-    def _on_setup_failed(self) -> None:
-        """Workers that cannot start would be replaced forever: stop after a few in a row."""
+    def _on_setup_failed(self, who: str, detail: str) -> None:
+        """Workers that cannot start would be replaced forever: stop after a few in a row.
+        A traceback is shown once, not again for each worker it happens to."""
         self._setup_failures += 1
+        if detail != self._setup_reported:
+            self._setup_reported = detail
+            shown = f":\n{textwrap.indent(detail.rstrip(), '    ')}" if detail.strip() else ""
+            self.reporter.message(who + shown)
         if self._setup_failures >= SETUP_FAILURES and self.stopping is None:
             self.reporter.message(
                 f"stopping: {self._setup_failures} workers in a row could not start because "
-                "setup_worker raised (see its traceback above). Fix it, then run again with "
+                "setup_worker raised (its traceback is above). Fix it, then run again with "
                 "--resume"
             )
             self.request_stop("setup_worker failed")

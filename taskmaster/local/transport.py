@@ -39,6 +39,7 @@ from taskmaster.local.worker import (
     EXIT_PARENT_GONE,
     EXIT_SETUP_FAILED,
     EXIT_TIMEOUT,
+    SetupFailed,
     WorkerSpec,
     worker_main,
 )
@@ -73,7 +74,7 @@ def describe_exit(exitcode: int | None) -> str:
     if exitcode == EXIT_PARENT_GONE:
         return "lost its parent"
     if exitcode == EXIT_SETUP_FAILED:
-        return "could not start: setup_worker raised (its traceback is above)"
+        return "could not start: setup_worker raised"
     return (
         f"exited with code {exitcode} (the handler called os._exit(), or sys.exit() outside a job?)"
     )
@@ -97,6 +98,7 @@ class _Handle:
     held: dict[int, None] = field(default_factory=dict)
     outbox: collections.deque[memoryview] = field(default_factory=collections.deque)
     stopping: bool = False
+    setup_error: str = ""  # the traceback a worker sent when its setup_worker raised
 
 
 class LocalTransport:
@@ -219,6 +221,9 @@ class LocalTransport:
         try:
             while conn.poll():
                 event = pickle.loads(conn.recv_bytes())
+                if isinstance(event, SetupFailed):
+                    handle.setup_error = event.traceback or event.error
+                    continue
                 if isinstance(event, (BatchDone, BatchUnreadable)):
                     handle.held.pop(event.task_id, None)
                 events.append(event)
@@ -244,6 +249,7 @@ class LocalTransport:
             describe_exit(handle.process.exitcode),
             queued=held if setup_failed else self._never_started(held),
             setup_failed=setup_failed,
+            detail=handle.setup_error,
         )
 
     def _never_started(self, held: tuple[int, ...]) -> tuple[int, ...]:

@@ -25,7 +25,6 @@ import struct
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -40,12 +39,22 @@ from taskmaster.core.events import (
     TaskSent,
 )
 from taskmaster.errors import describe_error
+from taskmaster.local.output import whole_lines
 from taskmaster.store import codec
 
 EXIT_TIMEOUT = 3  # the worker exits with this after reporting a JobTimedOut
 EXIT_PARENT_GONE = 4
 EXIT_SETUP_FAILED = 5  # setup_worker raised: the worker never took a batch
 WATCHDOG_GRACE = 1.0  # seconds past --job-timeout and a poll before SIGALRM ends a stuck worker
+
+
+@dataclass(frozen=True, slots=True)
+class SetupFailed:
+    """Sent by a worker whose setup_worker raised, just before it exits: the parent reports
+    it once for all the workers it happens to, instead of each printing its traceback."""
+
+    error: str
+    traceback: str
 
 
 def _poll_interval(job_timeout: float) -> float:
@@ -335,6 +344,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, close_fds: 
     for fd in close_fds:  # other workers' pipe ends: holding them would hide their EOFs
         with contextlib.suppress(OSError):
             os.close(fd)
+    whole_lines()  # prints of several workers and threads never mix within a line
     faulthandler.enable(file=sys.stderr, all_threads=True)
     if spec.job_timeout is not None:  # the watchdog's SIGALRM: dump the stacks, then die of it
         faulthandler.register(signal.SIGALRM, file=sys.stderr, all_threads=True, chain=True)
@@ -344,10 +354,9 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, close_fds: 
     if spec.setup is not None:
         try:
             _call_hook(spec.setup, loop)
-        except BaseException:
-            traceback.print_exc()  # the user's own traceback, then a death the parent knows
-            sys.stderr.flush()
-            os._exit(EXIT_SETUP_FAILED)
+        except BaseException as exc:
+            _report_setup_failure(conn, exc)
+            os._exit(EXIT_SETUP_FAILED)  # a death the parent knows
     worker = Worker(conn, spec)
     if loop is not None:
         worker.run_async(loop)
@@ -357,6 +366,17 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, close_fds: 
         _call_hook(spec.teardown, loop)
     if loop is not None:
         loop.close()
+
+
+def _report_setup_failure(conn: Connection, exc: BaseException) -> None:
+    """The user's traceback of setup_worker to the parent; to stderr, in one write, if the
+    pipe is gone."""
+    error, tb = describe_error(exc)
+    try:
+        conn.send_bytes(pickle.dumps(SetupFailed(error, tb), protocol=5))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.write(2, (tb or error + "\n").encode(errors="replace"))
 
 
 def _call_hook(hook: Callable[[], Any], loop: asyncio.AbstractEventLoop | None) -> None:

@@ -22,6 +22,7 @@ import collections
 import os
 import secrets
 import socket
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -235,7 +236,8 @@ class Slave:
         self._queue(kind, body)
 
     def _on_worker_lost(self, event: WorkerLost) -> None:
-        self.log(f"worker {event.worker_id} (pid {event.pid}) {event.reason}; replaced")
+        detail = f":\n{textwrap.indent(event.detail.rstrip(), '    ')}" if event.detail else ""
+        self.log(f"worker {event.worker_id} (pid {event.pid}) {event.reason}; replaced{detail}")
         unstarted = set(event.queued)
         mine: list[int] = []
         queued: list[int] = []
