@@ -67,9 +67,11 @@ def retry_failed(
     teardown_worker: Callable[[], Any] | None = None,
     handle_batch: Callable[[list[Any]], Any] | None = None,
     transport: Transport | None = None,
+    kwargs: dict[str, str] | None = None,
     **options: Any,
 ) -> RunStats:
-    """Run the failed jobs again; the ones that succeed leave the failures file."""
+    """Run the failed jobs again; the ones that succeed leave the failures file.
+    ``kwargs`` (the run's KEY=VALUE) reach a ``setup_worker`` that takes arguments."""
     opt: Options = validate_options(options)
     if not opt.state_file and not opt.failures_file:
         raise UsageError("--retry-failed needs --state-file or --failures to find the failures")
@@ -92,7 +94,7 @@ def retry_failed(
         log = FailureLog(tmp)
         opt = replace(opt, limit=None, size=max(1, min(opt.size, len(jobs) or 1)))
         transport = transport or make_local_transport(
-            opt, handle_job, setup_worker, teardown_worker, handle_batch
+            opt, handle_job, setup_worker, teardown_worker, handle_batch, kwargs
         )
         base = State(target="retry-failed", kwargs={})
         try:

@@ -200,3 +200,29 @@ def test_the_async_example_migrates_every_row(migration: Callable[[str], Migrati
     result = m.run("--threads", "8")
     assert result.returncode == 0, result.stderr
     m.assert_tables_equal()
+
+
+@pytest.mark.timeout(60)
+def test_retry_failed_reads_the_fixed_row_because_jobs_are_id_ranges(
+    migration: Callable[[str], Migration],
+) -> None:
+    """The failures file stores the job, an id range, not the row: once the bad row is
+    fixed in the source, --retry-failed migrates the fixed row."""
+    m = migration("postgres_migration.py")
+    with psycopg.connect(m.dsn, autocommit=True) as conn:
+        postgres_migration.prepare(conn, ROWS)
+        conn.execute("UPDATE comments_old SET created = 'yesterday' WHERE id = 5000")
+    first = m.run("--retries", "0")
+    assert first.returncode == 1, first.stderr
+    [failure] = [json.loads(line) for line in m.failures.read_text().splitlines()]
+    assert failure["error"].startswith("ValueError: time data 'yesterday'"), failure
+    lo, hi = failure["job"].strip("()").split(", ")
+    assert int(lo) <= 5000 <= int(hi)
+    with psycopg.connect(m.dsn, autocommit=True) as conn:
+        query = "SELECT count(*) FROM comments_old WHERE id BETWEEN %s AND %s"
+        row = conn.execute(query, (int(lo), int(hi))).fetchone()
+        assert row is not None and m.migrated() == ROWS - row[0]  # that range alone is missing
+        conn.execute("UPDATE comments_old SET created = '2021-06-01 12:00:00' WHERE id = 5000")
+    again = m.run("--retry-failed")
+    assert again.returncode == 0, again.stderr
+    m.assert_tables_equal()

@@ -212,7 +212,7 @@ def run_command(target: str, args: tuple[str, ...], **opts: Any) -> None:
             workers=workers if workers is not None else default_workers(),
         )
         if opts.pop("retry_failed"):
-            stats = retry_failed(tgt.handle_job, **common, **opts)
+            stats = retry_failed(tgt.handle_job, kwargs=kwargs, **common, **opts)
         else:
             stats = run(
                 tgt.get_jobs, tgt.handle_job, kwargs=kwargs, target=tgt.identity, **common, **opts
