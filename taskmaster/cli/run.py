@@ -140,7 +140,11 @@ def _report_end(stats: RunStats) -> None:
     help="After Ctrl-C, seconds to let jobs in flight finish.",
 )
 @click.option("--max-failures", type=int, help="Stop once this many jobs failed for good.")
-@click.option("--batch-size", type=int, help="Jobs per batch [default: adapts to job time].")
+@click.option(
+    "--batch-size",
+    type=int,
+    help="Jobs per batch [default: adapts to job time; 100 for a module with handle_batch].",
+)
 @click.option(
     "--get-jobs",
     "get_jobs_name",
