@@ -111,6 +111,17 @@ def get_jobs(
         conn.close()
 
 
+def count_jobs(db: str = DEFAULT_DB, chunk: str = "500", rows: str = "20000") -> int:
+    """How many ranges there are, for the progress bar's total and the ETA."""
+    conn = connect(os.path.abspath(db))
+    try:
+        create_demo(conn, int(rows))
+        (count,) = conn.execute("SELECT count(*) FROM users").fetchone()
+    finally:
+        conn.close()
+    return -(-int(count) // int(chunk))
+
+
 # One connection per worker process, opened by setup_worker, which gets the same KEY=VALUE
 # arguments as get_jobs (db=, and the others it ignores).
 _conn: sqlite3.Connection | None = None
