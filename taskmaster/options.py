@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from taskmaster.errors import UsageError
 
@@ -12,41 +13,75 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
+def _option(default: Any, help: str, **cli: Any) -> Any:
+    """A field of Options with what the command line needs to offer it (see cli/options)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
-    """Everything a run can be told; the CLI and ``taskmaster.run`` both build one."""
+    """Everything a run can be told; the CLI and ``taskmaster.run`` both build one.
 
-    workers: int = field(default_factory=default_workers)
-    threads: int = 1
-    size: int = 10_000
-    retries: int = 2
-    retry_delay: float = 0.1
-    job_timeout: float | None = None
-    checkpoint_every: float = 1.0
-    drain_timeout: float = 30.0
-    max_failures: int | None = None
-    limit: int | None = None
-    total: int | None = None  # for the ETA, when get_jobs cannot tell
-    rate: float | None = None  # most job starts per second, all workers together
-    batch_size: int | None = None  # fixed batch size; None adapts to job duration
-    state_file: str | None = None
-    failures_file: str | None = None
-    resume: bool = False
-    reset: bool = False
-    progress: bool | None = None  # None: only when stderr is a terminal
+    This is the one table of defaults: the click options of tm-run and tm-master are built
+    from these fields and their help (``taskmaster.cli.options``), and every value is
+    checked here, once, whoever built it.
+    """
+
+    workers: int = field(
+        default_factory=default_workers,
+        metadata={"help": "Worker processes.", "short": "-w", "default_text": "CPU count"},
+    )
+    threads: int = _option(1, "Threads per worker (concurrency for async handlers).", short="-t")
+    size: int = _option(10_000, "Window: most jobs pulled and not yet resolved.")
+    state_file: str | None = _option(
+        None,
+        "Checkpoint path.",
+        path=True,
+        default_text="./<module>[-<hash of args>].state.json",
+    )
+    failures_file: str | None = _option(
+        None,
+        "Failures file.",
+        flag="--failures",
+        path=True,
+        default_text="beside the state file, .failures.jsonl",
+    )
+    resume: bool = _option(False, "Continue from the checkpoint.")
+    reset: bool = _option(False, "Delete the checkpoint and failures file first.")
+    retries: int = _option(2, "Extra attempts for a job that raises or kills its worker.")
+    retry_delay: float | None = _option(
+        None,
+        "Seconds before the first retry; doubles each time, with jitter.",
+        default_text="0.1, or 8 while every job fails (an outage)",
+    )
+    job_timeout: float | None = _option(None, "Seconds a job may run.", default_text="no limit")
+    checkpoint_every: float = _option(1.0, "Seconds between checkpoints.")
+    drain_timeout: float = _option(30.0, "After Ctrl-C, seconds to let jobs in flight finish.")
+    max_failures: int | None = _option(
+        None,
+        "Stop once this many jobs failed for good; 0: never stop for failures.",
+        default_text="stop when 100 jobs in a row failed",
+    )
+    batch_size: int | None = _option(
+        None, "Jobs per batch.", default_text="100 with handle_batch, else adapts to job time"
+    )
+    limit: int | None = _option(None, "Run only the first N jobs (a later --resume goes on).")
+    total: int | None = _option(None, "Jobs in the run, for the ETA.", default_text="count_jobs()")
+    rate: float | None = None  # most job starts per second, all workers together (--rate N/s)
 
     def __post_init__(self) -> None:
         _between("workers", self.workers, 1, 1024)
         _between("threads", self.threads, 1, 4096)
         _between("size", self.size, 1, 100_000_000)
         _between("retries", self.retries, 0, 1000)
-        _positive("retry-delay", self.retry_delay, zero_ok=True)
+        if self.retry_delay is not None:
+            _positive("retry-delay", self.retry_delay, zero_ok=True)
         _positive("checkpoint-every", self.checkpoint_every)
         _positive("drain-timeout", self.drain_timeout, zero_ok=True)
         if self.job_timeout is not None:
             _positive("job-timeout", self.job_timeout)
         if self.max_failures is not None:
-            _between("max-failures", self.max_failures, 1, 10**12)
+            _between("max-failures", self.max_failures, 0, 10**12)  # 0: never stop for it
         if self.limit is not None:
             _between("limit", self.limit, 1, 10**15)
         if self.total is not None:

@@ -1,8 +1,13 @@
-"""``--retry-failed``: run the jobs of the failures file again, from their stored payloads.
+"""``--retry-failed``: the ordinary run over another job source, the failures file.
 
-The failures file is only replaced at the end, atomically, with the jobs that still fail
-(plus any that were not reached, e.g. after Ctrl-C), so a crash mid-replay loses nothing:
-the old file stands and the next replay runs the same jobs again (handlers are idempotent).
+The replay runs the stored payloads of the failures file through :func:`runner.execute`,
+like any run, with a temporary failures file of its own and no checkpoint. At its end,
+whatever stopped it, the failures file is replaced, atomically, by every record the
+replay did not finish: the jobs that failed again (with their new error and attempts), the
+ones it did not reach or that were in flight when it stopped, and the ones that cannot be
+decoded. Only a job whose result came back done leaves the file. A crash mid-replay leaves
+the old file standing, and the next replay runs the same jobs again (handlers are
+idempotent).
 """
 
 from __future__ import annotations
@@ -13,22 +18,100 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from taskmaster.core.code import JobCode
 from taskmaster.core.events import Transport
 from taskmaster.core.ledger import Ledger
 from taskmaster.core.source import JobSource
 from taskmaster.core.stats import Reporter, RunStats
-from taskmaster.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from taskmaster.core.stop import exit_code
+from taskmaster.errors import UsageError
 from taskmaster.options import Options
-from taskmaster.runner import (
-    QuietReporter,
-    execute,
-    failures_file_for,
-    make_local_transport,
-    validate_options,
-)
+from taskmaster.runner import Opened, QuietReporter, execute, failures_file_for, validate_options
 from taskmaster.store import checkpoint, codec
-from taskmaster.store.checkpoint import State, StateLock
+from taskmaster.store.checkpoint import State
 from taskmaster.store.failures import FailureLog, FailureRecord, read_records
+
+
+class Replay:
+    """The Plan of a --retry-failed run (see :class:`taskmaster.runner.Plan`)."""
+
+    def __init__(self, opt: Options) -> None:
+        if not opt.state_file and not opt.failures_file:
+            raise UsageError("--retry-failed needs --state-file or --failures to find the failures")
+        self.path = opt.failures_file or failures_file_for(opt.state_file or "")
+        self.state_file = opt.state_file
+        self.lock_path: str | None = opt.state_file or self.path
+        self.tmp = os.path.join(
+            os.path.dirname(os.path.abspath(self.path)), f".{os.path.basename(self.path)}.retry"
+        )
+        self.retryable: list[FailureRecord] = []
+        self.stuck: list[FailureRecord] = []
+
+    def open(self, opt: Options, reporter: Reporter) -> Opened:
+        self.retryable, jobs, self.stuck = _decode(_load(self.path))
+        if self.stuck:
+            reporter.message(
+                f"{len(self.stuck)} failed jobs have no stored payload and stay as they are"
+            )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+        log = FailureLog(self.tmp)
+        opt = replace(opt, limit=None, size=max(1, min(opt.size, len(jobs) or 1)))
+        return Opened(
+            opt,
+            lambda: JobSource(iter(jobs), total=len(jobs)),
+            Ledger(),
+            State(target="retry-failed", kwargs={}),
+            None,
+            log,
+            log.close,
+        )
+
+    def finish(self, stats: RunStats, opened: Opened) -> RunStats:
+        """Keep every record the replay did not finish, whatever stopped it."""
+        new = list(read_records(self.tmp)) if os.path.exists(self.tmp) else []
+        failed_again = {r.seq: r for r in new}
+        ledger = opened.ledger
+        remaining = list(self.stuck)
+        for i, rec in enumerate(self.retryable):
+            again = failed_again.get(i)
+            if again is not None:
+                remaining.append(
+                    replace(again, seq=rec.seq, attempts=rec.attempts + again.attempts)
+                )
+            elif not ledger.is_resolved(i):
+                remaining.append(rec)  # not reached, or in flight when the run stopped
+        data = "".join(r.to_json() + "\n" for r in sorted(remaining, key=lambda r: r.seq))
+        checkpoint.write_durable(self.path, data.encode())
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+        _update_counts(self.state_file, stats.done_this_run, len(remaining))
+        return replace(
+            stats,
+            failed=len(remaining),
+            failed_this_run=len(failed_again),
+            failures_file=self.path,
+            state_file=self.state_file,
+            exit_code=exit_code(stats.stop, len(remaining)),
+            retry_failed=True,
+        )
+
+
+def retry_failed(
+    handle_job: Callable[[Any], Any] | None,
+    *,
+    kwargs: dict[str, str] | None = None,
+    reporter: Reporter | None = None,
+    setup_worker: Callable[..., Any] | None = None,
+    teardown_worker: Callable[[], Any] | None = None,
+    handle_batch: Callable[[list[Any]], Any] | None = None,
+    transport: Transport | None = None,
+    **options: Any,
+) -> RunStats:
+    """Run the failed jobs again; the ones that succeed leave the failures file."""
+    opt = validate_options(options)
+    code = JobCode(handle_job, handle_batch, setup_worker, teardown_worker, dict(kwargs or {}))
+    return execute(opt, Replay(opt), code, reporter or QuietReporter(), transport)
 
 
 def _load(path: str) -> list[FailureRecord]:
@@ -57,83 +140,6 @@ def _decode(
         except Exception as exc:
             stuck.append(replace(rec, error=f"{rec.error} (payload no longer decodes: {exc})"))
     return keep, jobs, stuck
-
-
-def retry_failed(
-    handle_job: Callable[[Any], Any] | None,
-    *,
-    reporter: Reporter | None = None,
-    setup_worker: Callable[[], Any] | None = None,
-    teardown_worker: Callable[[], Any] | None = None,
-    handle_batch: Callable[[list[Any]], Any] | None = None,
-    transport: Transport | None = None,
-    kwargs: dict[str, str] | None = None,
-    **options: Any,
-) -> RunStats:
-    """Run the failed jobs again; the ones that succeed leave the failures file.
-    ``kwargs`` (the run's KEY=VALUE) reach a ``setup_worker`` that takes arguments."""
-    opt: Options = validate_options(options)
-    if not opt.state_file and not opt.failures_file:
-        raise UsageError("--retry-failed needs --state-file or --failures to find the failures")
-    path = opt.failures_file or failures_file_for(opt.state_file or "")
-    reporter = reporter or QuietReporter()
-    lock = StateLock(opt.state_file or path)
-    lock.acquire()
-    try:
-        records = _load(path)
-        retryable, jobs, stuck = _decode(records)
-        if stuck:
-            reporter.message(
-                f"{len(stuck)} failed jobs have no stored payload and stay as they are"
-            )
-        tmp = os.path.join(
-            os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.retry"
-        )
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        log = FailureLog(tmp)
-        opt = replace(opt, limit=None, size=max(1, min(opt.size, len(jobs) or 1)))
-        transport = transport or make_local_transport(
-            opt, handle_job, setup_worker, teardown_worker, handle_batch, kwargs
-        )
-        base = State(target="retry-failed", kwargs={})
-        try:
-            stats = execute(
-                opt, lambda: JobSource(iter(jobs)), transport, Ledger(), base, None, log, reporter
-            )
-        finally:
-            log.close()
-        new = list(read_records(tmp)) if os.path.exists(tmp) else []
-        still = _remap(new, retryable)
-        failed_again = {r.seq for r in new}
-        untried = [
-            rec
-            for i, rec in enumerate(retryable)
-            if i >= stats.watermark
-            and i not in failed_again
-            and stats.exit_code == EXIT_INTERRUPTED
-        ]
-        remaining = stuck + still + untried
-        checkpoint.write_durable(path, "".join(r.to_json() + "\n" for r in remaining).encode())
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        _update_counts(opt.state_file, stats.done_this_run, len(remaining))
-        stats.failed = stats.failed_this_run = len(remaining)
-        stats.failures_file = path
-        if stats.exit_code != EXIT_INTERRUPTED:
-            stats.exit_code = EXIT_FAILED if remaining else EXIT_OK
-        return stats
-    finally:
-        lock.release()
-
-
-def _remap(new: list[FailureRecord], originals: list[FailureRecord]) -> list[FailureRecord]:
-    """Failure records of the replay carry replay seqs; give them back their own."""
-    out = []
-    for rec in new:
-        orig = originals[rec.seq]
-        out.append(replace(rec, seq=orig.seq, attempts=orig.attempts + rec.attempts))
-    return out
 
 
 def _update_counts(state_file: str | None, succeeded: int, failed: int) -> None:

@@ -30,7 +30,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 import postgres_migration  # noqa: E402
 
-ROWS = 20_000  # 400 jobs of 50 rows
+ROWS = 10_000  # 400 jobs of 25 rows
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ class Migration:
     def args(self, *extra: str) -> list[str]:
         return [
             sys.executable, "-m", "taskmaster", str(self.path), "2", f"dsn={self.dsn}",
-            f"rows={ROWS}", "chunk=50", "--state-file", str(self.state),
+            f"rows={ROWS}", "chunk=25", "--state-file", str(self.state),
             "--failures", str(self.failures), "--no-progress", *extra,
         ]  # fmt: skip
 

@@ -39,6 +39,7 @@ def status_fields(snap: Snapshot) -> dict[str, Any]:
         "elapsed": round(snap.elapsed, 1),
         "eta": None if eta is None else round(eta, 1),
         "workers_lost": snap.workers_lost,
+        "counting": snap.counting,
     }
 
 
@@ -98,6 +99,8 @@ class PlainReporter:
         )
         if snap.total is not None:
             text += f", ETA {duration(snap.eta)}"
+        elif snap.counting:
+            text += ", counting jobs..."
         self._emit("status", text, status_fields(snap))
 
     def finished(self, stats: RunStats) -> None:
@@ -139,6 +142,8 @@ class RichReporter:
         parts.append(f"{snap.rate:,.0f}/s")
         if snap.total is not None:
             parts.append(f"ETA {duration(snap.eta)}")
+        elif snap.counting:
+            parts.append("counting jobs...")
         if snap.stopping:
             parts.append("[bold]stopping[/]")
         self.progress.update(

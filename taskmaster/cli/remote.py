@@ -19,23 +19,21 @@ import click
 
 from taskmaster.cli.run import (
     CONTEXT,
-    DEFAULT_HANDLE_BATCH_SIZE,
-    _count_jobs,
-    _dry_run,
-    _end_run,
-    _fail,
-    _refuse_run,
-    _reporter,
+    dry_run,
+    end_run,
+    fail,
+    launch,
+    prepare_options,
+    refuse_run,
     run_command,
 )
 from taskmaster.cli.target import load_target, parse_kwargs
 from taskmaster.core.stats import RunStats
 from taskmaster.errors import EXIT_USAGE, TaskmasterError, UsageError
-from taskmaster.options import Options, parse_rate
+from taskmaster.options import Options
 from taskmaster.remote import frames
 from taskmaster.remote.spawn import supervise
-from taskmaster.replay import retry_failed
-from taskmaster.runner import default_state_file, make_local_transport, run
+from taskmaster.runner import local_transport
 
 INSTALL_HINT = "pip install 'taskmaster-runner[zmq]'"
 MASTER_OPTIONS = (
@@ -51,7 +49,7 @@ def _need_zmq() -> None:
     try:
         import zmq  # noqa: F401
     except ImportError:
-        _fail(f"several hosts need pyzmq, which is not installed: {INSTALL_HINT}", EXIT_USAGE)
+        fail(f"several hosts need pyzmq, which is not installed: {INSTALL_HINT}", EXIT_USAGE)
 
 
 def _from_tm_run(names: tuple[str, ...]) -> list[click.Parameter]:
@@ -138,7 +136,7 @@ def master_command(
         tgt = load_target(target, opts.pop("get_jobs_name"), need_handle_job=False)
         assert tgt.get_jobs is not None
         if opts.pop("dry_run"):
-            _dry_run(tgt.get_jobs, kwargs, opts["limit"] or 10)
+            dry_run(tgt.get_jobs, kwargs, opts["limit"] or 10)
             return
         secret = frames.load_secret(secret_file, os.environ)
         address = frames.master_address(address, secret)
@@ -146,30 +144,25 @@ def master_command(
             raise UsageError(
                 f"--heartbeat-timeout must be from 0.1 to 3600 seconds, got {heartbeat_timeout!r}"
             )
-        _master_opts(opts, tgt, kwargs)
-        reporter = _reporter(opts.pop("no_progress"), opts.pop("log_every"), opts.pop("log_format"))
+        reporter = prepare_options(opts, tgt, kwargs)
         _warn_secret(reporter.message, secret, address)
         keys = _curve_keys(curve, secret)
         config = MasterConfig(address, secret, heartbeat_timeout, tgt.identity, keys)
         transport = ZmqMasterTransport(config, log=reporter.message)
         stats = _serve(transport, tgt, kwargs, reporter, opts)
     except TaskmasterError as exc:
-        _refuse_run(reporter, exc)
+        refuse_run(reporter, exc)
         return
-    _end_run(reporter, stats)
+    end_run(reporter, stats)
 
 
 def _serve(
     transport: Any, tgt: Any, kwargs: dict[str, str], reporter: Any, opts: dict[str, Any]
 ) -> RunStats:
-    """The run, through tm-run's own functions; then the slaves hear how it ended."""
+    """The run, through tm-run's own path; then the slaves hear how it ended."""
     stats: RunStats | None = None
     try:
-        if opts.pop("retry_failed"):
-            stats = retry_failed(None, reporter=reporter, transport=transport, **opts)
-        else:
-            common = dict(kwargs=kwargs, target=tgt.identity, reporter=reporter)
-            stats = run(tgt.get_jobs, None, transport=transport, **common, **opts)
+        stats = launch(tgt, kwargs, reporter, opts, transport)
         return stats
     finally:
         # Finished: the slaves exit. Otherwise they wait for a master started with --resume.
@@ -177,19 +170,6 @@ def _serve(
 
 
 master_command.params.extend(_from_tm_run(MASTER_OPTIONS))
-
-
-def _master_opts(opts: dict[str, Any], tgt: Any, kwargs: dict[str, str]) -> None:
-    """The option fix-ups tm-run makes, for a master (which has no handle_job of its own)."""
-    rate_text = opts.pop("rate_text")
-    opts["rate"] = parse_rate(rate_text) if rate_text else None
-    if opts["total"] is None and tgt.count_jobs is not None:
-        opts["total"] = _count_jobs(tgt.count_jobs, kwargs)
-    # The slaves batch for handle_batch if the module has one; size batches the same way.
-    if getattr(tgt.module, "handle_batch", None) is not None and opts["batch_size"] is None:
-        opts["batch_size"] = DEFAULT_HANDLE_BATCH_SIZE
-    if opts["state_file"] is None:
-        opts["state_file"] = default_state_file(tgt.stem, kwargs)
 
 
 def _warn_secret(log: Any, secret: frames.Secret | None, address: str) -> None:
@@ -291,15 +271,13 @@ def slave_command(
         address = frames.slave_address(address, secret)
         _check_patience(timeout, retries)
         opt = Options(workers=workers, threads=threads, job_timeout=job_timeout)
-        local = make_local_transport(
-            opt, tgt.handle_job, tgt.setup_worker, tgt.teardown_worker, tgt.handle_batch, kwargs
-        )
+        local = local_transport(opt, tgt.code(kwargs))
         if secret is not None and secret.warning:
             log(f"warning: {secret.warning}")
         config = SlaveConfig(address, secret, timeout, retries, _curve_keys(curve, secret))
         slave = Slave(config, local, log)
     except TaskmasterError as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
         return
     sys.exit(slave.run())
 
@@ -346,7 +324,7 @@ def spawn_command(
         _curve_keys(curve, secret)
         Options(threads=threads, job_timeout=job_timeout)
     except TaskmasterError as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
         return
     argv = [sys.executable, "-m", "taskmaster.cli.remote", "slave", target, "--address", address]
     argv += ["--timeout", repr(timeout), "--retries", str(retries), "--threads", str(threads)]

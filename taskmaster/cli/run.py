@@ -7,28 +7,36 @@ from typing import Any
 
 import click
 
+from taskmaster.cli.options import table_options
 from taskmaster.cli.progress import PlainReporter, RichReporter
 from taskmaster.cli.status import find_state_file, read_status, render
-from taskmaster.cli.target import load_target, parse_kwargs
-from taskmaster.core.source import call_get_jobs
-from taskmaster.core.stats import RunStats
+from taskmaster.cli.target import Target, load_target, parse_kwargs
+from taskmaster.core.events import Transport
+from taskmaster.core.source import call_get_jobs, check_kwargs
+from taskmaster.core.stats import Reporter, RunStats
 from taskmaster.errors import (
-    EXIT_INTERRUPTED,
     EXIT_USAGE,
     GeneratorError,
     TaskmasterError,
     UsageError,
 )
 from taskmaster.options import default_workers, parse_rate
-from taskmaster.replay import retry_failed
-from taskmaster.runner import default_state_file, failures_file_for, run
+from taskmaster.replay import Replay
+from taskmaster.runner import (
+    CheckpointedRun,
+    Plan,
+    default_state_file,
+    execute,
+    failures_file_for,
+    validate_options,
+)
 from taskmaster.store.codec import short_repr
 
 DEFAULT_HANDLE_BATCH_SIZE = 100  # jobs per handle_batch call unless --batch-size says
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _fail(message: str, code: int) -> None:
+def fail(message: str, code: int) -> None:
     click.echo(f"taskmaster: error: {message}", err=True)
     sys.exit(code)
 
@@ -64,86 +72,56 @@ def _report_end(stats: RunStats) -> None:
         click.echo(
             f"taskmaster: {err}. {done}; fix get_jobs and run again with --resume.", err=True
         )
-    elif stats.exit_code == EXIT_INTERRUPTED:
-        where = f" (checkpoint: {stats.state_file})" if stats.state_file else ""
-        click.echo(
-            f"taskmaster: interrupted at watermark {stats.watermark:,}{where}; run the same "
-            "command with --resume to continue",
-            err=True,
-        )
+        return
+    ending = stats.ending()
+    if ending is not None:
+        click.echo(ending.message(), err=True)
+
+
+def prepare_options(opts: dict[str, Any], tgt: Target, kwargs: dict[str, str]) -> Reporter:
+    """What tm-run and tm-master make of their shared options; returns the reporter."""
+    rate_text = opts.pop("rate_text")
+    opts["rate"] = parse_rate(rate_text) if rate_text else None
+    # Workers (local or remote) batch for handle_batch if the module has one.
+    if getattr(tgt.module, "handle_batch", None) is not None and opts["batch_size"] is None:
+        opts["batch_size"] = DEFAULT_HANDLE_BATCH_SIZE
+    if opts["state_file"] is None:
+        opts["state_file"] = default_state_file(tgt.stem, kwargs)
+    reporter: Reporter = _reporter(
+        opts.pop("no_progress"), opts.pop("log_every"), opts.pop("log_format")
+    )
+    return reporter
+
+
+def launch(
+    tgt: Target,
+    kwargs: dict[str, str],
+    reporter: Reporter,
+    opts: dict[str, Any],
+    transport: Transport | None = None,
+) -> RunStats:
+    """The one way from a command line into a run, for tm-run and tm-master alike:
+    a run over get_jobs, or with --retry-failed the same run over the failures file."""
+    retry = opts.pop("retry_failed")
+    opt = validate_options(opts)
+    plan: Plan
+    if retry:
+        plan = Replay(opt)
+    else:
+        assert tgt.get_jobs is not None
+        check_kwargs(tgt.get_jobs, kwargs)
+        plan = CheckpointedRun(opt, tgt.get_jobs, tgt.identity, kwargs, tgt.count_jobs)
+    return execute(opt, plan, tgt.code(kwargs), reporter, transport)
 
 
 @click.command(context_settings=CONTEXT)
 @click.argument("target")
 @click.argument("args", nargs=-1, metavar="[WORKERS] [KEY=VALUE]...")
-@click.option("--workers", "-w", type=int, help="Worker processes [default: CPU count].")
-@click.option(
-    "--threads",
-    "-t",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Threads per worker (concurrency for async handlers).",
-)
-@click.option(
-    "--size",
-    type=int,
-    default=10_000,
-    show_default=True,
-    help="Window: most jobs pulled and not yet resolved.",
-)
-@click.option(
-    "--state-file",
-    type=click.Path(dir_okay=False),
-    help="Checkpoint path [default: ./<module>[-<hash of args>].state.json].",
-)
-@click.option(
-    "--failures",
-    "failures_file",
-    type=click.Path(dir_okay=False),
-    help="Failures file [default: beside the state file, .failures.jsonl].",
-)
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint.")
-@click.option("--reset", is_flag=True, help="Delete the checkpoint and failures file first.")
+@table_options(workers=None)
 @click.option(
     "--retry-failed",
     is_flag=True,
     help="Run only the jobs in the failures file again; successes leave it.",
-)
-@click.option(
-    "--retries",
-    type=int,
-    default=2,
-    show_default=True,
-    help="Extra attempts for a job that raises or kills its worker.",
-)
-@click.option(
-    "--retry-delay",
-    type=float,
-    default=0.1,
-    show_default=True,
-    help="Seconds before the first retry; doubles each time, with jitter.",
-)
-@click.option("--job-timeout", type=float, help="Seconds a job may run [default: no limit].")
-@click.option(
-    "--checkpoint-every",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Seconds between checkpoints.",
-)
-@click.option(
-    "--drain-timeout",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="After Ctrl-C, seconds to let jobs in flight finish.",
-)
-@click.option("--max-failures", type=int, help="Stop once this many jobs failed for good.")
-@click.option(
-    "--batch-size",
-    type=int,
-    help="Jobs per batch [default: adapts to job time; 100 for a module with handle_batch].",
 )
 @click.option(
     "--get-jobs",
@@ -159,9 +137,7 @@ def _report_end(stats: RunStats) -> None:
     show_default=True,
     help="Handler function (NAME, or module:NAME).",
 )
-@click.option("--limit", type=int, help="Run only the first N jobs (a later --resume goes on).")
 @click.option("--dry-run", is_flag=True, help="Print the first jobs (or --limit) and run none.")
-@click.option("--total", type=int, help="Jobs in the run, for the ETA [default: count_jobs()].")
 @click.option("--rate", "rate_text", metavar="N/s", help="Most job starts per second (or /m, /h).")
 @click.option("--no-progress", is_flag=True, help="No live display, even on a terminal.")
 @click.option(
@@ -197,46 +173,27 @@ def run_command(target: str, args: tuple[str, ...], **opts: Any) -> None:
         tgt = load_target(target, opts.pop("get_jobs_name"), opts.pop("handle_job_name"))
         assert tgt.get_jobs is not None
         if opts.pop("dry_run"):
-            _dry_run(tgt.get_jobs, kwargs, opts["limit"] or 10)
+            dry_run(tgt.get_jobs, kwargs, opts["limit"] or 10)
             return
-        rate_text = opts.pop("rate_text")
-        opts["rate"] = parse_rate(rate_text) if rate_text else None
-        if opts["total"] is None and tgt.count_jobs is not None:
-            opts["total"] = _count_jobs(tgt.count_jobs, kwargs)
-        reporter = _reporter(opts.pop("no_progress"), opts.pop("log_every"), opts.pop("log_format"))
-        if tgt.handle_batch is not None and opts["batch_size"] is None:
-            opts["batch_size"] = DEFAULT_HANDLE_BATCH_SIZE
-        if opts["state_file"] is None:
-            opts["state_file"] = default_state_file(tgt.stem, kwargs)
-        common = dict(
-            reporter=reporter,
-            setup_worker=tgt.setup_worker,
-            teardown_worker=tgt.teardown_worker,
-            handle_batch=tgt.handle_batch,
-            workers=workers if workers is not None else default_workers(),
-        )
-        if opts.pop("retry_failed"):
-            stats = retry_failed(tgt.handle_job, kwargs=kwargs, **common, **opts)
-        else:
-            stats = run(
-                tgt.get_jobs, tgt.handle_job, kwargs=kwargs, target=tgt.identity, **common, **opts
-            )
+        reporter = prepare_options(opts, tgt, kwargs)
+        opts["workers"] = workers if workers is not None else default_workers()
+        stats = launch(tgt, kwargs, reporter, opts)
     except TaskmasterError as exc:
-        _refuse_run(reporter, exc)
+        refuse_run(reporter, exc)
         return
-    _end_run(reporter, stats)
+    end_run(reporter, stats)
 
 
-def _refuse_run(reporter: Any, exc: TaskmasterError) -> None:
+def refuse_run(reporter: Any, exc: TaskmasterError) -> None:
     """Exit for an error that ended a run (or kept it from starting)."""
     if reporter is not None:
         reporter.close()
     if isinstance(exc, GeneratorError) and exc.traceback_text:
         click.echo(exc.traceback_text.rstrip(), err=True)
-    _fail(str(exc), exc.exit_code)
+    fail(str(exc), exc.exit_code)
 
 
-def _end_run(reporter: Any, stats: RunStats) -> None:
+def end_run(reporter: Any, stats: RunStats) -> None:
     """The summary, what to do next, and the run's exit code."""
     reporter.finished(stats)
     _report_end(stats)
@@ -251,22 +208,14 @@ def _reporter(no_progress: bool, log_every: float, log_format: str) -> Any:
     return PlainReporter(every=log_every, json_lines=log_format == "json")
 
 
-def _count_jobs(count_jobs: Any, kwargs: dict[str, str]) -> int | None:
-    try:
-        return int(count_jobs(**kwargs))
-    except Exception as exc:  # only the ETA depends on it: warn and go on
-        click.echo(f"taskmaster: warning: count_jobs() failed ({exc!r}); no ETA", err=True)
-        return None
-
-
-def _dry_run(get_jobs: Any, kwargs: dict[str, str], count: int) -> None:
+def dry_run(get_jobs: Any, kwargs: dict[str, str], count: int) -> None:
     source = call_get_jobs(get_jobs, kwargs)
     jobs = source.pull(count, max_wait=float("inf"))
     for seq, job in enumerate(jobs):
         click.echo(f"{seq}\t{short_repr(job)}")
     if source.error is not None:
         click.echo(source.error.traceback_text.rstrip(), err=True)
-        _fail(str(source.error), source.error.exit_code)
+        fail(str(source.error), source.error.exit_code)
     more = "" if source.exhausted else " (more follow)"
     click.echo(f"taskmaster: dry run: {len(jobs)} jobs shown{more}, none run", err=True)
 
@@ -288,7 +237,7 @@ def status_command(state_file: str | None, failures_file: str | None) -> None:
         path = state_file or find_state_file()
         click.echo(render(read_status(path, failures_file or failures_file_for(path))))
     except TaskmasterError as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
 
 
 def main() -> None:  # pragma: no cover - exercised through the console script

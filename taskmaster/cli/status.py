@@ -69,7 +69,7 @@ def group_failures(path: str) -> list[FailureGroup]:
     counts: collections.Counter[str] = collections.Counter()
     try:
         for rec in read_records(path):
-            kind = rec.error.partition(":")[0] or "Error"
+            kind = rec.kind.group(rec.error)
             counts[kind] += 1
             groups.setdefault(kind, FailureGroup(kind, 0, rec))
     except FileNotFoundError:

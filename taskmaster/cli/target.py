@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from taskmaster.core.code import JobCode
 from taskmaster.errors import TargetError, UsageError
 
 
@@ -29,6 +30,12 @@ class Target:
     teardown_worker: Callable[[], Any] | None = None
     count_jobs: Callable[..., Any] | None = None
     handle_batch: Callable[[list[Any]], Any] | None = None
+
+    def code(self, kwargs: dict[str, str]) -> JobCode:
+        """The bundle of this module's code for the workers, with the run's KEY=VALUE."""
+        return JobCode(
+            self.handle_job, self.handle_batch, self.setup_worker, self.teardown_worker, kwargs
+        )
 
     @property
     def identity(self) -> str:

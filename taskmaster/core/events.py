@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from taskmaster.store.failures import FailureKind
+
 
 @dataclass(frozen=True, slots=True)
 class TaskSent:
@@ -26,6 +28,7 @@ class JobFailed:
     index: int  # position in the batch
     error: str  # "Type: message"
     traceback: str
+    kind: FailureKind = FailureKind.RAISED
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +100,5 @@ class Transport(Protocol):
     def send(self, task: TaskSent) -> None: ...
 
     def wait(self, timeout: float | None, wake_fds: list[int]) -> list[Event]: ...
-
-    def describe(self) -> str: ...
 
     def close(self, kill: bool = False) -> None: ...

@@ -101,6 +101,15 @@ class Ledger:
         later = [s for s in self._resolved if s >= self.next_seq]
         return min(later) if later else None
 
+    def is_resolved(self, seq: int) -> bool:
+        """Whether ``seq`` (already pulled) is done or failed for good."""
+        if seq < self.watermark:
+            return True
+        if seq >= self.next_seq:
+            return False
+        # An open unit runs again whole on resume: none of its seqs counts as resolved.
+        return all(not unit.start <= seq < unit.end for unit in self._open.values())
+
     def resolved_range_at(self, seq: int) -> ResolvedRange | None:
         return self._resolved.get(seq)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
+from taskmaster.core.code import JobCode
 from taskmaster.core.events import (
     BatchDone,
     BatchUnreadable,
@@ -41,6 +42,7 @@ from taskmaster.core.events import (
 from taskmaster.errors import describe_error
 from taskmaster.local.output import whole_lines
 from taskmaster.store import codec
+from taskmaster.store.failures import FailureKind
 
 EXIT_TIMEOUT = 3  # the worker exits with this after reporting a JobTimedOut
 EXIT_PARENT_GONE = 4
@@ -66,16 +68,29 @@ def _poll_interval(job_timeout: float) -> float:
 class WorkerSpec:
     """What a worker runs; inherited through fork, never pickled."""
 
-    handle_job: Callable[[Any], Any] | None
+    code: JobCode
     threads: int = 1
     job_timeout: float | None = None
-    setup: Callable[[], Any] | None = None
-    teardown: Callable[[], Any] | None = None
-    handle_batch: Callable[[list[Any]], Any] | None = None
+
+    @property
+    def handle_job(self) -> Callable[[Any], Any] | None:
+        return self.code.handle_job
+
+    @property
+    def handle_batch(self) -> Callable[[list[Any]], Any] | None:
+        return self.code.handle_batch
+
+    @property
+    def setup(self) -> Callable[[], Any] | None:
+        return self.code.setup()
+
+    @property
+    def teardown(self) -> Callable[[], Any] | None:
+        return self.code.teardown_worker
 
     @property
     def is_async(self) -> bool:
-        return self.handle_batch is None and inspect.iscoroutinefunction(self.handle_job)
+        return self.code.is_async
 
 
 class _Frames:
@@ -325,7 +340,8 @@ class Worker:
                 try:
                     await asyncio.wait_for(handle(job), timeout)
                 except TimeoutError:
-                    failures.append(JobFailed(index, f"JobTimeout: ran over {timeout} s", ""))
+                    kind = FailureKind.JOB_TIMEOUT
+                    failures.append(JobFailed(index, kind.text(f"ran over {timeout} s"), "", kind))
                 except BaseException as exc:
                     failures.append(JobFailed(index, *describe_error(exc)))
 

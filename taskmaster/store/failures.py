@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import enum
 import json
 import os
 import time
@@ -17,6 +18,35 @@ from typing import Any
 
 from taskmaster.errors import StateIOError
 from taskmaster.store import codec
+
+
+class FailureKind(enum.Enum):
+    """Why a job failed for good. The record's ``error`` text stays readable on its own."""
+
+    RAISED = "raised"  # the handler raised: error is "Type: message"
+    WORKER_DIED = "WorkerDied"  # its worker died while running it, on every attempt
+    JOB_TIMEOUT = "JobTimeout"  # it ran over --job-timeout
+    ENCODE_ERROR = "EncodeError"  # pickle and dill could not serialize it
+    UNPICKLE_ERROR = "UnpickleError"  # the worker could not rebuild it
+
+    def text(self, detail: str) -> str:
+        """The error text of a failure of this kind: ``"WorkerDied: <detail>"``."""
+        return f"{self.value}: {detail}"
+
+    def group(self, error: str) -> str:
+        """What tm-status groups failures by: the exception type, or the kind."""
+        if self is FailureKind.RAISED:
+            return error.partition(":")[0].strip() or "Error"
+        return str(self.value)
+
+    @classmethod
+    def of(cls, error: str) -> FailureKind:
+        """The kind of a record written before records carried one, from its text."""
+        prefix = error.partition(":")[0]
+        for kind in cls:
+            if kind is not cls.RAISED and prefix == kind.value:
+                return kind
+        return cls.RAISED
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +59,13 @@ class FailureRecord:
     traceback: str
     attempts: int
     time: float
+    kind: FailureKind = FailureKind.RAISED
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "seq": self.seq,
+                "kind": self.kind.value,
                 "job": self.job_repr,
                 "codec": self.codec,
                 "payload": None
@@ -50,19 +82,27 @@ class FailureRecord:
     def from_json(cls, line: str) -> FailureRecord:
         d = json.loads(line)
         payload = d.get("payload")
+        error = str(d.get("error", ""))
+        try:
+            kind = FailureKind(d["kind"]) if "kind" in d else FailureKind.of(error)
+        except ValueError:
+            kind = FailureKind.of(error)
         return cls(
             seq=int(d["seq"]),
             job_repr=str(d.get("job", "")),
             codec=d.get("codec"),
             payload=None if payload is None else base64.b64decode(payload),
-            error=str(d.get("error", "")),
+            error=error,
             traceback=str(d.get("traceback", "")),
             attempts=int(d.get("attempts", 0)),
             time=float(d.get("time", 0.0)),
+            kind=kind,
         )
 
 
-def make_record(seq: int, job: Any, error: str, tb: str, attempts: int) -> FailureRecord:
+def make_record(
+    seq: int, job: Any, kind: FailureKind, error: str, tb: str, attempts: int
+) -> FailureRecord:
     try:
         name, data = codec.dumps(job)
         payload: bytes | None = data
@@ -70,7 +110,7 @@ def make_record(seq: int, job: Any, error: str, tb: str, attempts: int) -> Failu
     except codec.EncodeError:
         payload, used = None, None
     return FailureRecord(
-        seq, codec.short_repr(job), used, payload, error, tb, attempts, time.time()
+        seq, codec.short_repr(job), used, payload, error, tb, attempts, time.time(), kind
     )
 
 
