@@ -16,9 +16,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The migration story in a few seconds, on SQLite from the standard library: a first run
+# stopped after 16 of its 40 id ranges (--limit, as an interruption would), where it stands,
+# then --resume from the checkpoint to a complete table. --rate slows it down to be watched.
+DEMO := --rate 12/s --log-every 0.5 --state-file examples/.demo.state.json
 run: install
-	rm -f examples/.example.state.json examples/.example.failures.jsonl
-	$(BIN)/tm-run examples/example.py 2 --state-file examples/.example.state.json
+	@rm -f examples/.demo.sqlite* examples/.demo.state.json examples/.demo.failures.jsonl
+	@echo '== 1. Migrate users to users_v2 (20,000 rows, 40 id ranges); stop after 16 ranges'
+	$(BIN)/tm-run examples/sqlite_migration.py 2 $(DEMO) --limit 16
+	@echo '== 2. Where it stands: the checkpoint, and the tables'
+	$(BIN)/tm-status examples/.demo.state.json
+	$(BIN)/python examples/sqlite_migration.py
+	@echo '== 3. Resume: only the ranges not done yet run'
+	$(BIN)/tm-run examples/sqlite_migration.py 2 $(DEMO) --resume
+	$(BIN)/python examples/sqlite_migration.py
 
 lint: install
 	$(BIN)/ruff check taskmaster tests benchmarks examples

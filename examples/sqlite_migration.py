@@ -19,7 +19,8 @@ created in ``examples/.demo.sqlite`` (or the file given with ``db=``).
 At full speed the demo takes about a second: ``--rate 10/s`` (10 job starts a second)
 leaves time to interrupt it. Without it, ``tm-run examples/sqlite_migration.py 4``.
 
-KEY=VALUE arguments are part of the checkpoint's name: resume with the same ones.
+KEY=VALUE arguments are part of the checkpoint's name: resume with the same ones. They
+reach ``setup_worker`` too, which opens each worker's connection to ``db``.
 ``--threads 1`` (the default) is the right choice: SQLite takes one writer at a time, and
 each worker process has its own connection.
 """
@@ -87,17 +88,16 @@ def transform(row: tuple[int, str, str]) -> tuple[int, str, str, str, str]:
 
 
 def get_jobs(
-    last: tuple[str, int, int] | None = None,
+    last: tuple[int, int] | None = None,
     db: str = DEFAULT_DB,
     chunk: str = "500",
     rows: str = "20000",
-) -> Iterator[tuple[str, int, int]]:
-    """``(db, first_id, last_id)`` ranges of ``chunk`` rows, in id order, from ``last`` on."""
-    db = os.path.abspath(db)  # workers may not share our idea of the current folder
-    conn = connect(db)
+) -> Iterator[tuple[int, int]]:
+    """``(first_id, last_id)`` ranges of ``chunk`` rows, in id order, from ``last`` on."""
+    conn = connect(os.path.abspath(db))
     try:
         create_demo(conn, int(rows))
-        start = last[1] if last is not None else 0  # at last, inclusive: it may not have run
+        start = last[0] if last is not None else 0  # at last, inclusive: it may not have run
         while True:
             # Keyset pagination: a short query per range, no read transaction held open.
             ids = conn.execute(
@@ -105,44 +105,57 @@ def get_jobs(
             ).fetchall()
             if not ids:
                 return
-            yield db, ids[0][0], ids[-1][0]
+            yield ids[0][0], ids[-1][0]
             start = ids[-1][0] + 1
     finally:
         conn.close()
 
 
-# One connection per worker process. setup_worker() cannot see KEY=VALUE arguments (db=),
-# so the connection opens with the worker's first job and serves all the others.
-_connections: dict[str, sqlite3.Connection] = {}
+def count_jobs(db: str = DEFAULT_DB, chunk: str = "500", rows: str = "20000") -> int:
+    """How many ranges there are, for the progress bar's total and the ETA."""
+    conn = connect(os.path.abspath(db))
+    try:
+        create_demo(conn, int(rows))
+        (count,) = conn.execute("SELECT count(*) FROM users").fetchone()
+    finally:
+        conn.close()
+    return -(-int(count) // int(chunk))
+
+
+# One connection per worker process, opened by setup_worker, which gets the same KEY=VALUE
+# arguments as get_jobs (db=, and the others it ignores).
+_conn: sqlite3.Connection | None = None
 _lock = threading.Lock()  # a connection is not for two threads at once (--threads > 1)
 
 
-def handle_job(job: tuple[str, int, int]) -> None:
-    db, first_id, last_id = job
+def setup_worker(db: str = DEFAULT_DB, **_: str) -> None:
+    global _conn
+    _conn = connect(os.path.abspath(db))
+
+
+def handle_job(job: tuple[int, int]) -> None:
+    first_id, last_id = job
+    assert _conn is not None, "setup_worker opens the connection"
     with _lock:
-        conn = _connections.get(db)
-        if conn is None:
-            conn = _connections[db] = connect(db)
-        rows = conn.execute(
+        rows = _conn.execute(
             "SELECT id, name, email FROM users WHERE id BETWEEN ? AND ?", (first_id, last_id)
         ).fetchall()
         # One transaction per range: a bulk write is what makes a migration fast. IMMEDIATE
         # takes the write lock up front, waiting (busy_timeout) for other workers' writes.
-        conn.execute("BEGIN IMMEDIATE")
+        _conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(
+            _conn.executemany(
                 "INSERT OR REPLACE INTO users_v2 VALUES (?, ?, ?, ?, ?)", map(transform, rows)
             )
-            conn.execute("COMMIT")
+            _conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _conn.execute("ROLLBACK")
             raise
 
 
 def teardown_worker() -> None:
-    for conn in _connections.values():
-        conn.close()
-    _connections.clear()
+    if _conn is not None:
+        _conn.close()
 
 
 def check(db: str = DEFAULT_DB) -> tuple[int, int, int]:

@@ -188,3 +188,16 @@ def test_token_bucket_caps_job_starts_at_the_rate() -> None:
         now = round(now + 0.001, 6)
     assert 200 * 10 <= started <= 200 * 10 + 2 * bucket.batch
     assert bucket.wait(now) <= bucket.batch / 200
+
+
+def test_tm_status_indents_the_lines_of_a_multi_line_error(make_job: Callable[[str], Job]) -> None:
+    job = make_job(
+        LEDGER_MODULE + "\ndef handle_job(job):\n    if job == 3:\n"
+        "        raise ValueError('column x does not exist\\nLINE 1: SELECT x\\n  ^')\n"
+    )
+    result = job.run("1", "--retries", "0", TM_N="10")
+    assert result.returncode == 1, result.stderr
+    out = tm_status(job, str(job.state)).stdout
+    row = next(i for i, ln in enumerate(out.splitlines()) if "ValueError" in ln)
+    following = out.splitlines()[row + 1 : row + 3]
+    assert following == [" " * 14 + "LINE 1: SELECT x", " " * 14 + "  ^"], out

@@ -122,6 +122,15 @@ def render(status: Status) -> str:
         for g in status.groups:
             lines.append(
                 f"  {g.count:>8,}  {g.error_type}: e.g. job {g.example.seq} "
-                f"{g.example.job_repr[:60]}: {g.example.error[:100]}"
+                f"{g.example.job_repr[:60]}: {_continued(g.example.error)}"
             )
     return "\n".join(lines)
+
+
+def _continued(error: str, most: int = 4) -> str:
+    """An error message of several lines (SQL errors have them) with its next lines
+    indented under the failure row, not run on as if they were rows of their own."""
+    rows = [row[:100] for row in error.strip().splitlines()] or [""]
+    if len(rows) > most:
+        rows = [*rows[: most - 1], "..."]
+    return "\n".join([rows[0], *("              " + row for row in rows[1:])])

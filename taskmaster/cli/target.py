@@ -159,7 +159,7 @@ def load_target(
     handle_batch = _function(module, path, "handle_batch", False) if need_handle_job else None
     if handle_batch is not None and handle_job == "handle_job":
         need_handle_job = False  # handle_job, if there too, is the fallback for a failed batch
-    return Target(
+    target = Target(
         name=name,
         stem=stem,
         module=module,
@@ -170,6 +170,28 @@ def load_target(
         count_jobs=_function(module, path, "count_jobs", False),
         handle_batch=handle_batch,
     )
+    _check_async_hooks(target, path)
+    return target
+
+
+def _check_async_hooks(target: Target, origin: str) -> None:
+    """An ``async def`` setup/teardown runs on the worker's asyncio loop, which only an
+    ``async def handle_job`` (without ``handle_batch``) has."""
+    handler_async = target.handle_batch is None and inspect.iscoroutinefunction(target.handle_job)
+    for hook in (target.setup_worker, target.teardown_worker):
+        if hook is None or handler_async or not inspect.iscoroutinefunction(hook):
+            continue
+        name = getattr(hook, "__name__", "setup_worker")
+        why = (
+            "the module has handle_batch, which runs on threads"
+            if target.handle_batch is not None
+            else "handle_job is not async def"
+        )
+        raise TargetError(
+            f"{origin}: {name} is async def, but {why}: an async {name} runs on the "
+            f"asyncio loop of an async def handle_job. Make {name} a plain def, or make "
+            "handle_job async def (without handle_batch)."
+        )
 
 
 def parse_kwargs(items: list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -64,7 +64,8 @@ class WorkerLost:
 
     ``queued`` lists the held batches the worker had certainly not started (waiting in its
     local queue): they did not cause the death, so they run again uncharged.
-    ``setup_failed``: the worker died in ``setup_worker``, before taking any batch.
+    ``setup_failed``: the worker died in ``setup_worker``, before taking any batch;
+    ``detail`` is then the user's traceback of it (empty if the worker could not send it).
     """
 
     worker_id: int
@@ -73,6 +74,7 @@ class WorkerLost:
     reason: str
     queued: tuple[int, ...] = ()
     setup_failed: bool = False
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ row dying in ``setup_worker``.
 from __future__ import annotations
 
 import random
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -103,6 +104,7 @@ class Policy:
         self._streak = 0  # failures for good since a job was last done
         self._failing = 0  # failed attempts since a job was last done
         self._setup_failures = 0  # in a row, since a batch was last done
+        self._setup_reported: str | None = None  # the setup_worker traceback last shown
         self._timed_out: dict[int, tuple[int, float]] = {}
 
     # -- events ----------------------------------------------------------------------------
@@ -150,11 +152,15 @@ class Policy:
         seqs = ", ".join(t.seqs() for t in tasks) or "no jobs"
         who = f"worker {event.worker_id} (pid {event.pid}) {event.reason}"
         if self.stopping:  # draining or aborting: nothing is charged or sent any more
-            self.message(f"{who} holding {seqs}; they stay unresolved and run again on --resume")
+            if not event.setup_failed:  # that one was reported, and the run is stopping for it
+                self.message(
+                    f"{who} holding {seqs}; they stay unresolved and run again on --resume"
+                )
             return
-        self.message(f"{who} holding {seqs}; they will run again")
         if event.setup_failed:
-            self._on_setup_failed()
+            self._on_setup_failed(who, event.detail)
+        else:
+            self.message(f"{who} holding {seqs}; they will run again")
         queued = set(event.queued)
         again: list[Task] = []
         for task in tasks:
@@ -203,14 +209,19 @@ class Policy:
         self.queue.later(retry)
         self.counters.retried += 1
 
-    def _on_setup_failed(self) -> None:
-        """Workers that cannot start would be replaced forever: stop after a few in a row."""
+    def _on_setup_failed(self, who: str, detail: str) -> None:
+        """Workers that cannot start would be replaced forever: stop after a few in a row.
+        A traceback is shown once, not again for each worker it happens to."""
         self._setup_failures += 1
+        if detail != self._setup_reported:
+            self._setup_reported = detail
+            shown = f":\n{textwrap.indent(detail.rstrip(), '    ')}" if detail.strip() else ""
+            self.message(who + shown)
         if self._setup_failures >= SETUP_FAILURES:
             self.stop(
                 StopReason.SETUP_FAILED,
                 f"stopping: {self._setup_failures} workers in a row could not start because "
-                "setup_worker raised (see its traceback above)",
+                "setup_worker raised (its traceback is above)",
             )
 
     def _charge_timeout(self, task: Task, index: int, seconds: float) -> list[Task]:

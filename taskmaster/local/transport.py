@@ -41,6 +41,7 @@ from taskmaster.local.worker import (
     EXIT_TIMEOUT,
     STOP,
     Ring,
+    SetupFailed,
     WorkerSpec,
     _Frames,
     frame_head,
@@ -79,7 +80,7 @@ def describe_exit(exitcode: int | None) -> str:
     if exitcode == EXIT_PARENT_GONE:
         return "lost its parent"
     if exitcode == EXIT_SETUP_FAILED:
-        return "could not start: setup_worker raised (its traceback is above)"
+        return "could not start: setup_worker raised"
     return (
         f"exited with code {exitcode} (the handler called os._exit(), or sys.exit() outside a job?)"
     )
@@ -106,6 +107,7 @@ class _Handle:
     held: dict[int, None] = field(default_factory=dict)
     outbox: collections.deque[memoryview] = field(default_factory=collections.deque)
     stopping: bool = False
+    setup_error: str = ""  # the traceback a worker sent when its setup_worker raised
 
 
 class LocalTransport:
@@ -259,7 +261,11 @@ class LocalTransport:
             except OSError:
                 alive = False
             for data in frames.messages():
-                event = cast(Event, parse_result(data))
+                message = parse_result(data)
+                if isinstance(message, SetupFailed):
+                    handle.setup_error = message.traceback or message.error
+                    continue
+                event = cast(Event, message)
                 if isinstance(event, (BatchDone, BatchUnreadable)):
                     handle.held.pop(event.task_id, None)
                     slot = handle.slot_of.pop(event.task_id, None)
@@ -289,6 +295,7 @@ class LocalTransport:
             describe_exit(handle.process.exitcode),
             queued=held if setup_failed else self._never_started(held),
             setup_failed=setup_failed,
+            detail=handle.setup_error,
         )
 
     def _never_started(self, held: tuple[int, ...]) -> tuple[int, ...]:

@@ -19,6 +19,7 @@ import collections
 import contextlib
 import ctypes
 import faulthandler
+import inspect
 import mmap
 import operator
 import os
@@ -30,7 +31,6 @@ import struct
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -46,6 +46,7 @@ from taskmaster.core.events import (
     TaskSent,
 )
 from taskmaster.errors import describe_error
+from taskmaster.local.output import whole_lines
 from taskmaster.store import codec
 from taskmaster.store.failures import FailureKind
 
@@ -56,6 +57,15 @@ EXIT_TIMEOUT = 3  # the worker exits with this after reporting a JobTimedOut
 EXIT_PARENT_GONE = 4
 EXIT_SETUP_FAILED = 5  # setup_worker raised: the worker never took a batch
 WATCHDOG_GRACE = 1.0  # seconds past --job-timeout and a poll before SIGALRM ends a stuck worker
+
+
+@dataclass(frozen=True, slots=True)
+class SetupFailed:
+    """Sent by a worker whose setup_worker raised, just before it exits: the parent reports
+    it once for all the workers it happens to, instead of each printing its traceback."""
+
+    error: str
+    traceback: str
 
 
 def _poll_interval(job_timeout: float) -> float:
@@ -373,10 +383,7 @@ class Worker:
         for t in runners:
             t.join()
 
-    def run_async(self) -> None:
-        import asyncio
-
-        loop = asyncio.new_event_loop()
+    def run_async(self, loop: asyncio.AbstractEventLoop) -> None:
         inbox: asyncio.Queue[TaskSent | Stop] = asyncio.Queue()
         thread = threading.Thread(
             target=loop.run_until_complete, args=(self._async_main(inbox),), daemon=True
@@ -388,7 +395,6 @@ class Worker:
 
         self.read_loop(on_task)
         thread.join()
-        loop.close()
 
     async def _async_main(self, inbox: asyncio.Queue[TaskSent | Stop]) -> None:
         import asyncio
@@ -452,20 +458,51 @@ def worker_main(
     for memory in other_rings:  # other workers' rings: a dead one's pages would linger
         with contextlib.suppress(BufferError, ValueError):
             memory.close()
+    whole_lines()  # prints of several workers and threads never mix within a line
     faulthandler.enable(file=sys.stderr, all_threads=True)
     if spec.job_timeout is not None:  # the watchdog's SIGALRM: dump the stacks, then die of it
         faulthandler.register(signal.SIGALRM, file=sys.stderr, all_threads=True, chain=True)
+    # With an async handle_job, an async setup_worker/teardown_worker runs on the loop the
+    # jobs run on, so what it opens (a connection pool) belongs to that loop.
+    loop = None
+    if spec.is_async:
+        import asyncio  # only for async handlers: it costs start-up time
+
+        loop = asyncio.new_event_loop()
     if spec.setup is not None:
         try:
-            spec.setup()
-        except BaseException:
-            traceback.print_exc()  # the user's own traceback, then a death the parent knows
-            sys.stderr.flush()
-            os._exit(EXIT_SETUP_FAILED)
+            _call_hook(spec.setup, loop)
+        except BaseException as exc:
+            _report_setup_failure(conn, exc)
+            os._exit(EXIT_SETUP_FAILED)  # a death the parent knows
     worker = Worker(conn, spec, ring)
-    if spec.is_async:
-        worker.run_async()
+    if loop is not None:
+        worker.run_async(loop)
     else:
         worker.run_threads()
     if spec.teardown is not None:
-        spec.teardown()
+        _call_hook(spec.teardown, loop)
+    if loop is not None:
+        loop.close()
+
+
+def _report_setup_failure(conn: Connection, exc: BaseException) -> None:
+    """The user's traceback of setup_worker to the parent; to stderr, in one write, if the
+    pipe is gone."""
+    error, tb = describe_error(exc)
+    try:
+        conn.send_bytes(pickle.dumps(SetupFailed(error, tb), protocol=5))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.write(2, (tb or error + "\n").encode(errors="replace"))
+
+
+def _call_hook(hook: Callable[[], Any], loop: asyncio.AbstractEventLoop | None) -> None:
+    """Call setup_worker or teardown_worker; await it on ``loop`` if it is ``async def``."""
+    result = hook()
+    if inspect.isawaitable(result):
+        if loop is None:  # the CLI refuses this at start; the Python API may not
+            if inspect.iscoroutine(result):
+                result.close()
+            raise TypeError("an async setup_worker/teardown_worker needs an async handle_job")
+        loop.run_until_complete(result)

@@ -29,6 +29,7 @@ import os
 import secrets
 import select
 import socket
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -253,7 +254,8 @@ class Slave:
         self._queue(kind, body)
 
     def _on_worker_lost(self, event: WorkerLost) -> None:
-        self.log(f"worker {event.worker_id} (pid {event.pid}) {event.reason}; replaced")
+        detail = f":\n{textwrap.indent(event.detail.rstrip(), '    ')}" if event.detail else ""
+        self.log(f"worker {event.worker_id} (pid {event.pid}) {event.reason}; replaced{detail}")
         unstarted = set(event.queued)
         mine: list[int] = []
         queued: list[int] = []
