@@ -78,6 +78,13 @@ def _report_end(stats: RunStats) -> None:
 @click.argument("args", nargs=-1, metavar="[WORKERS] [KEY=VALUE]...")
 @click.option("--workers", "-w", type=int, help="Worker processes [default: CPU count].")
 @click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS",
+    help="Run on a Ray cluster (auto, HOST:PORT or ray://HOST:PORT): WORKERS actors "
+    "[default: the cluster's CPUs].",
+)
+@click.option(
     "--threads",
     "-t",
     type=int,
@@ -204,6 +211,13 @@ def run_command(target: str, args: tuple[str, ...], **opts: Any) -> None:
             opts["batch_size"] = DEFAULT_HANDLE_BATCH_SIZE
         if opts["state_file"] is None:
             opts["state_file"] = default_state_file(tgt.stem, kwargs)
+        ray_address = opts.pop("ray_address")
+        if ray_address is not None:
+            from taskmaster.cli.raycluster import ray_transport
+
+            opts["transport"], workers = ray_transport(
+                ray_address, tgt, kwargs, workers, opts["threads"], opts["job_timeout"]
+            )
         common = dict(
             reporter=reporter,
             setup_worker=tgt.setup_worker,
