@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import os
 import queue
+import sys
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -71,7 +72,8 @@ def _setup(spec: WorkerSpec) -> None:
         spec.setup()
     except BaseException as exc:
         error, tb = describe_error(exc)
-        raise SetupFailed(f"setup_worker raised {error}\n{tb}") from None
+        print(tb, file=sys.stderr, flush=True)  # Ray forwards it to the parent's terminal
+        raise SetupFailed(f"setup_worker raised {error}") from None
 
 
 def _where() -> tuple[int, str, str]:
@@ -91,7 +93,7 @@ def _late(worker: Worker, limit: float) -> list[tuple[int, int, float]]:
 
 
 @ray.remote(concurrency_groups={"control": 1})  # type: ignore[call-overload]
-class ThreadedActor:
+class TaskmasterActor:
     """``threads`` batches at once on Ray's thread pool; calls in the "control" group
     (ready, late, stop) answer while every runner thread is busy."""
 
@@ -132,7 +134,7 @@ class ThreadedActor:
 
 
 @ray.remote
-class AsyncActor:
+class TaskmasterAsyncActor:
     """``async def handle_job``: one asyncio loop, ``threads`` jobs at once over all batches,
     --job-timeout applied per job (as in a local async worker)."""
 
@@ -160,4 +162,4 @@ class AsyncActor:
 
 def actor_class(spec: WorkerSpec) -> Any:
     """The actor class for this spec (async handlers get the asyncio actor)."""
-    return AsyncActor if spec.is_async else ThreadedActor
+    return TaskmasterAsyncActor if spec.is_async else TaskmasterActor

@@ -57,9 +57,8 @@ def connect(address: str, runtime_env: dict[str, Any] | None = None) -> Cluster:
         ) from None
     except ConnectionError as exc:
         raise UsageError(
-            f"--ray {address}: no Ray cluster answered ({_first_line(exc)}). Start one with "
-            "`ray start --head` (then --ray auto on that host), or give the address that "
-            "`ray start --head` printed (HOST:PORT, or ray://HOST:10001 for Ray Client)."
+            f"--ray {address}: could not join the Ray cluster ({_first_line(exc)}). "
+            + _connect_help()
         ) from None
     except (ValueError, RuntimeError) as exc:
         raise UsageError(f"--ray {address}: {_first_line(exc)}") from None
@@ -82,6 +81,23 @@ def _first_line(exc: BaseException) -> str:
 def _last_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _connect_help() -> str:
+    steps = (
+        "Is a cluster running there? Start one with `ray start --head` (then --ray auto on "
+        "that host), or give the address it printed (HOST:PORT, or ray://HOST:10001 for Ray "
+        "Client)."
+    )
+    if os.environ.get("RAY_AUTH_MODE") != "token":
+        steps += (
+            " If the cluster uses token authentication (`ray start` turns it on when a token "
+            "exists), an explicit address needs RAY_AUTH_MODE=token and the cluster's token "
+            "in RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token "
+            "(`ray get-auth-token` on the head node prints it); --ray auto finds a local "
+            "token by itself."
+        )
+    return steps
 
 
 def _auth_help(address: str, exc: AuthenticationError) -> str:
@@ -127,15 +143,36 @@ def runtime_env_for(module: ModuleType) -> dict[str, Any] | None:
     return {"working_dir": folder, "excludes": list(EXCLUDES)}
 
 
-def describe_death(exc: BaseException, node: str) -> str:
-    """What Ray knows of why an actor died, in one line (its long hints trimmed)."""
+@dataclass(frozen=True, slots=True)
+class Death:
+    """What Ray said about a dead actor: why, and where and which process, when it knew."""
+
+    why: str
+    node: str = ""
+    pid: int = 0
+
+
+_FIELDS = ("class_name:", "actor_id:", "pid:", "name:", "namespace:", "ip:")
+# Ray appends a paragraph of generic causes; ours, shorter, replaces it.
+_HINTS = ("Some common causes", "There are some potential root causes", "To troubleshoot")
+_LIKELY = "the OOM killer, kill -9, a crash in C code, or its node lost?"
+
+
+def describe_death(exc: BaseException) -> Death:
+    """One line on why an actor died, out of Ray's error (its long hints trimmed)."""
     lines = [line.strip() for line in str(exc).splitlines()]
-    ip = next((line[3:].strip() for line in lines if line.startswith("ip:")), "")
-    skip = ("class_name:", "actor_id:", "pid:", "name:", "namespace:", "ip:")
-    detail = " ".join(
-        line for line in lines[1:] if line and not line.startswith(skip)
-    ) or _first_line(exc)
-    detail = " ".join(detail.split())
+    field_of = {
+        line.split(":", 1)[0]: line.split(":", 1)[1].strip()
+        for line in lines
+        if line.startswith(_FIELDS)
+    }
+    detail = " ".join(line for line in lines[1:] if line and not line.startswith(_FIELDS))
+    detail = " ".join((detail or _first_line(exc)).split())
+    for hint in _HINTS:
+        detail = detail.split(hint, 1)[0].strip()
+    if "Worker exit type: SYSTEM_ERROR" in detail:
+        detail += f" ({_LIKELY})"
     if len(detail) > 400:
         detail = detail[:397] + "..."
-    return f"on node {node or ip or 'unknown'} died: {detail}"
+    pid = field_of.get("pid", "0")
+    return Death(f"died: {detail}", field_of.get("ip", ""), int(pid) if pid.isdigit() else 0)

@@ -134,17 +134,18 @@ class RayTransport:
                 return events
 
     def _take(self, ref: Any, events: list[Event]) -> None:
-        worker_id, task_id = self._refs.pop(ref)
-        actor = self._actors.get(worker_id)
-        if actor is None:
-            return  # buried already: its batches were reported with it
+        owner = self._refs.pop(ref, None)
+        actor = None if owner is None else self._actors.get(owner[0])
+        if owner is None or actor is None:
+            return  # its actor is buried already: its batches were reported with it
+        task_id = owner[1]
         try:
             value = ray.get(ref)
         except RayActorError as exc:
-            events.append(self._bury(actor, describe_death(exc, actor.node), exc.actor_init_failed))
+            events.append(self._bury_dead(actor, exc, exc.actor_init_failed))
             return
         except RayError as exc:  # e.g. a result lost with its node: the actor is suspect
-            events.append(self._bury(actor, describe_death(exc, actor.node)))
+            events.append(self._bury_dead(actor, exc, False))
             return
         if task_id == _READY:
             actor.started = True
@@ -184,6 +185,18 @@ class RayTransport:
 
     # -- endings ---------------------------------------------------------------------------
 
+    def _bury_dead(self, actor: _Actor, exc: BaseException, setup_failed: bool) -> WorkerLost:
+        death = describe_death(exc)
+        actor.node = actor.node or death.node
+        actor.pid = actor.pid or death.pid
+        if setup_failed:
+            return self._bury(
+                actor,
+                "could not start: setup_worker raised (its traceback is above)",
+                setup_failed=True,
+            )
+        return self._bury(actor, death.why)
+
     def _bury(self, actor: _Actor, reason: str, setup_failed: bool = False) -> WorkerLost:
         with contextlib.suppress(Exception):
             ray.kill(actor.handle, no_restart=True)
@@ -194,8 +207,6 @@ class RayTransport:
         self.lost += 1
         if not actor.stopping:
             self._spawn()
-        if setup_failed:
-            reason = "could not start: setup_worker raised (its traceback is above)"
         # Batches start in send order, at most `threads` at once, and every result that came
         # back was read: so the held batches past the oldest `threads` had not started. An
         # async actor starts every batch it holds at once.
@@ -204,7 +215,8 @@ class RayTransport:
             actor.worker_id,
             actor.pid,
             held,
-            f"(Ray actor {actor.handle._actor_id.hex()[:12]}) {reason}",
+            f"(Ray actor {actor.handle._actor_id.hex()[:12]} on node {actor.node or '?'}) "
+            + reason,
             queued=queued,
             setup_failed=setup_failed,
         )
