@@ -51,7 +51,11 @@ class _Actor:
 
 
 class RayTransport:
-    """N actors with ``threads + prefetch`` batch slots each."""
+    """N actors with ``threads + prefetch`` batch slots each.
+
+    ``prefetch`` defaults to ``threads``: a method call's round trip is longer than a pipe
+    write, so each runner thread has its next batch waiting in the actor already.
+    """
 
     def __init__(
         self,
@@ -59,12 +63,12 @@ class RayTransport:
         workers: int,
         *,
         cpus: int = 0,
-        prefetch: int = 1,
+        prefetch: int | None = None,
         disconnect_at_close: bool = True,
     ) -> None:
         self.spec = spec
         self.n_workers = workers
-        self.slots_each = spec.threads + prefetch
+        self.slots_each = spec.threads + (spec.threads if prefetch is None else prefetch)
         # One CPU of the cluster per actor, less when asked for more actors than it has CPUs,
         # so every actor is scheduled; SPREAD puts them on as many nodes as it can.
         share = 1.0 if not cpus or workers <= cpus else cpus / workers
@@ -123,24 +127,34 @@ class RayTransport:
             refs = list(self._refs)
             if refs:
                 ready, _ = ray.wait(refs, num_returns=1, timeout=left)
-                if ready:
+                if ready and len(refs) > 1:
                     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-                for ref in ready:
-                    self._take(ref, events)
+                self._take_all(ready, events)
                 woken = bool(wake_fds) and bool(select.select(wake_fds, [], [], 0)[0])
             else:
                 woken = bool(select.select(wake_fds, [], [], left)[0])
             if events or woken or (deadline is not None and time.monotonic() >= deadline):
                 return events
 
-    def _take(self, ref: Any, events: list[Event]) -> None:
+    def _take_all(self, ready: list[Any], events: list[Event]) -> None:
+        """Results of finished calls: one ray.get for all, each alone if one raised."""
+        try:
+            values = ray.get(ready)
+        except RayError:
+            for ref in ready:
+                self._take(ref, events)
+            return
+        for ref, value in zip(ready, values, strict=True):
+            self._take(ref, events, (value,))
+
+    def _take(self, ref: Any, events: list[Event], got: tuple[Any] | None = None) -> None:
         owner = self._refs.pop(ref, None)
         actor = None if owner is None else self._actors.get(owner[0])
         if owner is None or actor is None:
             return  # its actor is buried already: its batches were reported with it
         task_id = owner[1]
         try:
-            value = ray.get(ref)
+            value = got[0] if got is not None else ray.get(ref)
         except RayActorError as exc:
             events.append(self._bury_dead(actor, exc, exc.actor_init_failed))
             return
