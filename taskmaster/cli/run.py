@@ -119,6 +119,13 @@ def launch(
 @click.argument("args", nargs=-1, metavar="[WORKERS] [KEY=VALUE]...")
 @table_options(workers=None)
 @click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS",
+    help="Run on a Ray cluster (auto, HOST:PORT or ray://HOST:PORT): WORKERS actors "
+    "[default: the cluster's CPUs].",
+)
+@click.option(
     "--retry-failed",
     is_flag=True,
     help="Run only the jobs in the failures file again; successes leave it.",
@@ -175,9 +182,17 @@ def run_command(target: str, args: tuple[str, ...], **opts: Any) -> None:
         if opts.pop("dry_run"):
             dry_run(tgt.get_jobs, kwargs, opts["limit"] or 10)
             return
+        ray_address = opts.pop("ray_address")
         reporter = prepare_options(opts, tgt, kwargs)
+        transport = None
+        if ray_address is not None:
+            from taskmaster.cli.raycluster import ray_transport
+
+            transport, workers = ray_transport(
+                ray_address, tgt, kwargs, workers, opts["threads"], opts["job_timeout"]
+            )
         opts["workers"] = workers if workers is not None else default_workers()
-        stats = launch(tgt, kwargs, reporter, opts)
+        stats = launch(tgt, kwargs, reporter, opts, transport)
     except TaskmasterError as exc:
         refuse_run(reporter, exc)
         return
