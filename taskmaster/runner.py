@@ -10,6 +10,7 @@ RunStats otherwise; it never exits the process.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime
 import hashlib
@@ -35,7 +36,7 @@ from taskmaster.local.signals import counting_signals
 from taskmaster.local.transport import LocalTransport
 from taskmaster.local.worker import WorkerSpec
 from taskmaster.options import Options
-from taskmaster.store import checkpoint
+from taskmaster.store import checkpoint, failures
 from taskmaster.store.checkpoint import State, StateLock
 from taskmaster.store.durable import raise_open_file_limit
 from taskmaster.store.failures import FailureLog
@@ -248,6 +249,8 @@ class CheckpointedRun:
                     started=previous.started,
                     runs=previous.runs + 1,
                 )
+                assert self.failures_path is not None
+                _forget_unresolved(self.failures_path, previous)
             # Preflight: one durable write before the generator runs, so an unwritable
             # folder fails before any job does.
             checkpoint.write_durable(opt.state_file, checkpoint.encode(previous or base))
@@ -319,6 +322,20 @@ class _StateFile:
 
     def write(self, state: State) -> None:
         checkpoint.write_durable(self.path, checkpoint.encode(state))
+
+
+def _forget_unresolved(path: str, state: State) -> None:
+    """Failure lines of jobs the checkpoint does not count: they run again on this resume."""
+    starts = [r.start for r in state.resolved]
+    ranges = state.resolved
+
+    def resolved(seq: int) -> bool:
+        if seq < state.watermark:
+            return True
+        i = bisect.bisect_right(starts, seq) - 1
+        return i >= 0 and ranges[i].start <= seq < ranges[i].end
+
+    failures.forget_unresolved(path, resolved)
 
 
 def _no_progress(state: State) -> bool:

@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import Job
+from conftest import Job, kill_group, wait_until
 
 FLAKY = """
 import os
@@ -107,3 +107,48 @@ def test_a_replay_that_fixes_half_keeps_the_other_half(make_job: Callable[[str],
     replay = _run(job, "--retry-failed", "--retries", "0")
     assert replay.returncode == 1, replay.stderr
     assert _failed_seqs(job.failures_path) == list(range(1, 40, 8))
+
+
+ONE_IN_A_HUNDRED = """
+import os, time
+
+N = int(os.environ["TM_N"])
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_jobs(last=0, **kwargs):
+    yield from range(int(last), N)
+
+
+def handle_job(job):
+    time.sleep(0.0005)
+    if job % 100 == 7 and not os.path.exists(os.path.join(HERE, "fixed")):
+        raise ValueError("bad row %d" % job)
+"""
+
+
+def test_a_resume_after_kill_records_each_failure_once_and_counts_once(
+    make_job: Callable[[str], Job],
+) -> None:
+    job = make_job(ONE_IN_A_HUNDRED)
+    n = 30_000
+    args = ("1", "--state-file", str(job.state), "--retries", "0", "--checkpoint-every", "0.2")
+    proc = job.start(*args, TM_N=str(n))
+    try:
+        wait_until(lambda: len(job.failures()) >= 60, 40, "failures to be recorded")
+        wait_until(lambda: job.checkpoint()["watermark"] > 0, 40, "a checkpoint with progress")
+    finally:
+        kill_group(proc)
+        proc.communicate(timeout=10)
+    resumed = job.run(*args, "--resume", TM_N=str(n), timeout=60)
+    assert resumed.returncode == 1, resumed.stderr
+    seqs = [int(str(r["seq"])) for r in job.failures()]
+    assert sorted(seqs) == list(range(7, n, 100))  # each failing job once
+    state = job.checkpoint()
+    assert (state["done"], state["failed"]) == (n - n // 100, n // 100)
+    (job.folder / "fixed").touch()
+    replay = job.run("1", "--state-file", str(job.state), "--retry-failed", TM_N=str(n))
+    assert replay.returncode == 0, replay.stderr
+    assert job.failures() == []
+    state = job.checkpoint()
+    assert (state["done"], state["failed"]) == (n, 0)

@@ -120,13 +120,9 @@ class LocalTransport:
         self._ctx = multiprocessing.get_context("fork")
         self._workers: dict[int, _Handle] = {}
         self._next_id = 0
-        self.lost = 0
         # One poll set for the run, kept up to date: what each fd in it stands for
         self._poll = select.poll()
         self._fds: dict[int, tuple[_Handle | None, str]] = {}
-
-    def describe(self) -> str:
-        return f"{self.n_workers} worker processes x {self.spec.threads} threads"
 
     def start(self) -> None:
         for _ in range(self.n_workers):
@@ -284,7 +280,6 @@ class LocalTransport:
         handle.outbox.clear()
         del self._workers[handle.worker_id]
         held = tuple(handle.held)
-        self.lost += 1
         if not handle.stopping:
             self._spawn()
         setup_failed = handle.process.exitcode == EXIT_SETUP_FAILED

@@ -85,10 +85,6 @@ class RayTransport:
         self._refs: dict[Any, tuple[int, int]] = {}  # ObjectRef -> (worker_id, task_id)
         self._ids = itertools.count()
         self._next_probe = 0.0
-        self.lost = 0
-
-    def describe(self) -> str:
-        return f"{self.n_workers} Ray actors x {self.spec.threads} threads"
 
     def start(self) -> None:
         for _ in range(self.n_workers):
@@ -218,7 +214,6 @@ class RayTransport:
         for ref in [r for r, (wid, _) in self._refs.items() if wid == actor.worker_id]:
             del self._refs[ref]
         held = tuple(actor.held)
-        self.lost += 1
         if not actor.stopping:
             self._spawn()
         # Batches start in send order, at most `threads` at once, and every result that came

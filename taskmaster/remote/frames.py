@@ -221,9 +221,6 @@ class ReplayGuard:
             self._last.popitem(last=False)
         return True
 
-    def forget(self, sender: str) -> None:
-        self._last.pop(sender, None)
-
 
 class RateLimitedLog:
     """Logs the first line of each kind, then at most one per ``every`` seconds with a count.

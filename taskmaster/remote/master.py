@@ -96,9 +96,6 @@ class ZmqMasterTransport:
 
     # -- Transport ------------------------------------------------------------------------
 
-    def describe(self) -> str:
-        return f"ZeroMQ master on {self.cfg.address}, {len(self.roster.slaves)} slaves"
-
     def start(self) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sock = router_socket(ctx)

@@ -17,7 +17,7 @@ import enum
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,3 +233,33 @@ def load_for_retry(path: str) -> list[FailureRecord]:
             "those lines (their jobs are lost to --retry-failed) to retry the others."
         )
     return records
+
+
+def forget_unresolved(path: str, resolved: Callable[[int], bool]) -> int:
+    """Drop the lines of jobs the checkpoint does not count as resolved; returns how many.
+
+    A job that failed for good after the last checkpoint was written has its line here, but
+    the checkpoint does not count it, so a resumed run runs it again and records it again if
+    it fails again: without this, the file would hold it twice (and ``--retry-failed`` would
+    run it twice). Kept lines are copied byte for byte, so their MACs still hold. The file
+    is replaced atomically and durably; a missing file is left missing.
+    """
+    try:
+        lines = list(_lines(path, owned=True))
+    except FileNotFoundError:
+        return 0
+    keep = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            seq = int(json.loads(line)["seq"])
+        except (ValueError, KeyError, TypeError):
+            keep.append(line)  # not ours to judge: --retry-failed will say what is wrong
+            continue
+        if resolved(seq):
+            keep.append(line)
+    dropped = len(lines) - len(keep)
+    if dropped:
+        durable.write_durable(path, "".join(keep).encode())
+    return dropped
