@@ -384,6 +384,8 @@ class Worker:
             t.join()
 
     def run_async(self, loop: asyncio.AbstractEventLoop) -> None:
+        import asyncio
+
         inbox: asyncio.Queue[TaskSent | Stop] = asyncio.Queue()
         thread = threading.Thread(
             target=loop.run_until_complete, args=(self._async_main(inbox),), daemon=True

@@ -58,7 +58,10 @@ def sign(body: bytes) -> str:
 
 
 def verify(body: bytes, tag: object) -> bool:
-    return isinstance(tag, str) and hmac.compare_digest(sign(body), tag)
+    # compare_digest takes only ASCII str: compare bytes, so a damaged tag is just wrong
+    if not isinstance(tag, str):
+        return False
+    return hmac.compare_digest(sign(body).encode(), tag.encode("utf-8", "surrogatepass"))
 
 
 def _refuse(path: str, why: str, fix: str) -> KeyFileError:
