@@ -116,6 +116,7 @@ def execute(
     transport: Transport | None = None,
 ) -> RunStats:
     """Run ``plan`` to its end with the user's ``code`` (or the ``transport`` given)."""
+    raise_open_file_limit()  # idle connections must not starve the checkpoint of descriptors
     lock = StateLock(plan.lock_path) if plan.lock_path else None
     if lock is not None:
         lock.acquire()
@@ -385,7 +386,6 @@ def run(
     previous run. Raises TaskmasterError for bad input; returns the run's RunStats.
     """
     opt = validate_options(options)
-    raise_open_file_limit()  # idle connections must not starve the checkpoint of descriptors
     kwargs = dict(kwargs or {})
     check_kwargs(get_jobs, kwargs)
     code = JobCode(handle_job, handle_batch, setup_worker, teardown_worker, kwargs)

@@ -260,7 +260,7 @@ class Policy:
             return  # after a failed write nothing is trusted: they run again on --resume
         records = [
             make_record(
-                unit.start + f.index, unit.jobs[f.index], f.kind, f.error, f.traceback, attempts
+                unit.start + f.index, unit.jobs[f.index], f.error, f.traceback, attempts, f.kind
             )
             for f in failures
         ]

@@ -114,7 +114,12 @@ def _canonical(doc: dict[str, Any]) -> bytes:
 
 
 def make_record(
-    seq: int, job: Any, kind: FailureKind, error: str, tb: str, attempts: int
+    seq: int,
+    job: Any,
+    error: str,
+    tb: str,
+    attempts: int,
+    kind: FailureKind = FailureKind.RAISED,
 ) -> FailureRecord:
     try:
         name, data = codec.dumps(job)
