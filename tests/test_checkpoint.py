@@ -256,6 +256,8 @@ def test_malformed_field_with_valid_checksum_is_refused() -> None:
         ("anchor", {"seq": 1}),
         ("done", None),
         ("watermark", 1e999),
+        ("window", "wide"),
+        ("window", 1e999),
     ]:
         doc = json.loads(VALID)
         doc[field] = value

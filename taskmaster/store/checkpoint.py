@@ -233,14 +233,14 @@ def decode(
         )
     try:
         state = _state_from(doc, unpickle)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise CheckpointError(f"{path} has a malformed field ({exc!r}); {how}.") from None
     except Exception as exc:  # the anchor job failed to unpickle: its class may be gone
         raise CheckpointError(
             f"{path}: the job to resume from cannot be decoded ({type(exc).__name__}: {exc}). "
             f"Is the job module's code importable as when the run started? Else {how}."
         ) from None
-    _check_ranges(state, int(doc.get("window") or MAX_WINDOW), path)
+    _check_ranges(state, state.window or MAX_WINDOW, path)
     return state
 
 
