@@ -196,7 +196,9 @@ def main() -> None:
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in variants}
     for _ in range(args.repeat):
         for name, code, curve, attacked in variants:
-            results[name].append(run_once(code, args.jobs, curve, attacked))
+            res = run_once(code, args.jobs, curve, attacked)
+            results[name].append(res)
+            print(f"  ({name}: {res['rate']:,.0f} jobs/s, {res['wall']:.1f} s)", flush=True)
     print(f"tm-master + tm-spawn 2, {args.jobs:,} no-op jobs, median of {args.repeat}")
     base = statistics.median(r["rate"] for r in results["curve"])
     out = {}
