@@ -85,9 +85,11 @@ def run_once(code: Path, jobs: int, curve: bool, attack: bool) -> dict[str, Any]
                 if proc is not None and proc.poll() is None:
                     proc.kill()
                     proc.wait()
-    summary = _summary(err.decode(errors="replace"))
+    text = err.decode(errors="replace")
+    summary = _summary(text)
     ok = master.returncode == 0 and spawn.returncode == 0 and summary.get("done") == jobs
-    return {"rate": summary.get("rate", 0.0), "wall": wall, "ok": ok}
+    dropped = sum(1 for line in text.splitlines() if "dropped" in line)
+    return {"rate": summary.get("rate", 0.0), "wall": wall, "ok": ok, "dropped_lines": dropped}
 
 
 def _summary(stderr: str) -> dict[str, Any]:
@@ -177,6 +179,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--old", type=Path, help="a checkout of the code before issue 10")
     parser.add_argument("--no-attack", action="store_true", help="skip the runs under attack")
+    parser.add_argument("--only", action="append", help="run only this variant (repeatable)")
     parser.add_argument("--attack", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.attack:
@@ -193,10 +196,15 @@ def main() -> None:
     if not args.no_attack:
         variants += [("curve + attack", ROOT, True, True)]
         variants += [("--no-curve + attack", ROOT, False, True)]
+    if args.only:
+        variants = [v for v in variants if v[0] in args.only or v[0] == "curve"]
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in variants}
     for _ in range(args.repeat):
         for name, code, curve, attacked in variants:
-            results[name].append(run_once(code, args.jobs, curve, attacked))
+            res = run_once(code, args.jobs, curve, attacked)
+            results[name].append(res)
+            done = f"{res['rate']:,.0f} jobs/s, {res['wall']:.1f} s"
+            print(f"  ({name}: {done}, {res['dropped_lines']} 'dropped' lines)", flush=True)
     print(f"tm-master + tm-spawn 2, {args.jobs:,} no-op jobs, median of {args.repeat}")
     base = statistics.median(r["rate"] for r in results["curve"])
     out = {}

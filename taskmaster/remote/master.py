@@ -238,17 +238,19 @@ class ZmqMasterTransport:
         except frames.VersionMismatch as exc:
             self._refuse(routing, peer, exc)
             return
-        # Per connection: a frame sent on one cannot spend the seqs of a sender on another.
-        if not self._replay.fresh(f"{routing.hex()}/{msg.sender}", msg.seq):
-            self._limited("replay", f"dropped a replayed frame from {peer}")
-            return
         known = self.roster.slaves.get(msg.sender)
-        if msg.kind != "hello" and known is not None and known.routing != routing:
+        foreign = known is not None and known.routing != routing
+        if foreign and msg.kind != "hello":
             self._limited(
                 "foreign",
                 f"dropped a {msg.kind!r} frame from {peer}: its sender joined on another "
                 "connection (a result counts only from the connection its batch went to)",
             )
+            return
+        # A hello from another connection (the slave reconnected, or someone claims its id)
+        # gets a welcome, but cannot spend the seqs of the slave's own connection.
+        if not foreign and not self._replay.fresh(msg.sender, msg.seq):
+            self._limited("replay", f"dropped a replayed frame from {peer}")
             return
         try:
             self._dispatch(msg, routing, peer, events)
