@@ -31,6 +31,7 @@ from taskmaster.ray.cluster import describe_death, disconnect
 
 SLICE = 0.05  # seconds per ray.wait between looks at the wake fds
 STOP_TIMEOUT = 30.0  # seconds for teardown_worker at a polite close
+DEATH_TIMEOUT = 10.0  # seconds to wait at close for killed actors to be gone
 GIL_GRACE = 5.0  # seconds past --job-timeout an actor may take to answer "which jobs are late?"
 
 _READY = -1  # task ids of the calls that are not batches
@@ -248,6 +249,11 @@ class RayTransport:
         for actor in actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor.handle, no_restart=True)
+        # ray.kill only asks; a call made now fails once the actor is dead, so waiting for
+        # these means no actor of ours outlives the run.
+        deaths = [a.handle.ready.remote() for a in actors]
+        with contextlib.suppress(RayError):
+            ray.wait(deaths, num_returns=len(deaths), timeout=DEATH_TIMEOUT)
         self._actors.clear()
         self._refs.clear()
         if self._disconnect:
