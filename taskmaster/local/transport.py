@@ -35,17 +35,12 @@ from taskmaster.core.events import (
     TaskSent,
     WorkerLost,
 )
+from taskmaster.local.wire import STOP, Ring, _Frames, frame_head, parse_result, task_frame
 from taskmaster.local.worker import (
     EXIT_PARENT_GONE,
     EXIT_SETUP_FAILED,
     EXIT_TIMEOUT,
-    STOP,
-    Ring,
     WorkerSpec,
-    _Frames,
-    frame_head,
-    parse_result,
-    task_frame,
     worker_main,
 )
 
