@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from taskmaster.core.events import BatchDone, JobFailed, Stop, TaskSent
-from taskmaster.local import worker as wire
+from taskmaster.local import wire
 from taskmaster.store import codec
 
 

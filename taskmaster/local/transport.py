@@ -35,18 +35,13 @@ from taskmaster.core.events import (
     TaskSent,
     WorkerLost,
 )
+from taskmaster.local.wire import STOP, Ring, _Frames, frame_head, parse_result, task_frame
 from taskmaster.local.worker import (
     EXIT_PARENT_GONE,
     EXIT_SETUP_FAILED,
     EXIT_TIMEOUT,
-    STOP,
-    Ring,
     SetupFailed,
     WorkerSpec,
-    _Frames,
-    frame_head,
-    parse_result,
-    task_frame,
     worker_main,
 )
 
@@ -123,6 +118,7 @@ class LocalTransport:
         # One poll set for the run, kept up to date: what each fd in it stands for
         self._poll = select.poll()
         self._fds: dict[int, tuple[_Handle | None, str]] = {}
+        self._wake_fds: list[int] = []
 
     def start(self) -> None:
         for _ in range(self.n_workers):
@@ -224,9 +220,12 @@ class LocalTransport:
             self._poll.modify(fd, _READ | _WRITE if outbox else _READ)
 
     def wait(self, timeout: float | None, wake_fds: list[int]) -> list[Event]:
-        for fd in wake_fds:
-            if fd not in self._fds:
+        if wake_fds != self._wake_fds:  # a caller's wake fds, kept until they change
+            for fd in self._wake_fds:
+                self._unwatch(fd)
+            for fd in wake_fds:
                 self._watch(fd, None, "wake", _READ)
+            self._wake_fds = list(wake_fds)
         ready = self._poll.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.5)))
         events: list[Event] = []
         dead: list[_Handle] = []
