@@ -163,7 +163,7 @@ def test_a_worker_killed_mid_run_loses_no_row(
     m.assert_tables_equal()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("module", ["postgres_migration.py", "postgres_migration_async.py"])
 def test_the_run_rides_out_a_server_restart(
     migration: Callable[[str], Migration], server: Any, module: str
@@ -171,9 +171,9 @@ def test_the_run_rides_out_a_server_restart(
     from pgserver._commands import pg_ctl
 
     m = migration(module)
-    # Retries explicit, so the test does not depend on the defaults: 0.5 s doubling rides
-    # out an outage of 3 s with room to spare.
-    proc = m.start("--rate", "100/s", "--retries", "8", "--retry-delay", "0.5")
+    # The default retries: once every job fails, retries wait 8 s then 16 s (the outage
+    # rule), which rides out this 3 s restart; the short 0.1 s delays alone would not.
+    proc = m.start("--rate", "100/s")
     try:
         wait_until(lambda: m.watermark() > 0, 30, "a checkpoint past the first job")
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
