@@ -51,7 +51,7 @@ class Books:
 
 
 def make(
-    n: int = 8, slots: int = 2, **options: Any
+    n: int = 8, slots: int = 2, jobs: list[Any] | None = None, **options: Any
 ) -> tuple[Coordinator, StubTransport, FakeClock, Books]:
     options.setdefault("batch_size", 8)
     options.setdefault("retry_delay", 1.0)
@@ -59,7 +59,7 @@ def make(
     transport, clock, books = StubTransport(slots), FakeClock(), Books()
     coord = Coordinator(
         Options(workers=1, **options),
-        JobSource(iter(range(n))),
+        JobSource(iter(range(n) if jobs is None else jobs)),
         transport,
         Ledger(),
         State(target="t", kwargs={}),
@@ -331,19 +331,8 @@ def test_a_late_answer_for_a_batch_sent_again_counts_once() -> None:
 
 
 def test_an_unserializable_job_fails_alone() -> None:
-    transport, clock, books = StubTransport(4), FakeClock(), Books()
     jobs: list[Any] = [0, 1, (i for i in ()), 3]  # neither pickle nor dill takes a generator
-    coord = Coordinator(
-        Options(workers=1, batch_size=4),
-        JobSource(iter(jobs)),
-        transport,
-        Ledger(),
-        State(target="t", kwargs={}),
-        books,
-        books,
-        books,
-        clock=clock,
-    )
+    coord, transport, clock, books = make(slots=4, jobs=jobs, batch_size=4)
     coord.step()
     assert [r.kind for r in books.failures] == [FailureKind.ENCODE_ERROR]
     finish(coord, transport, clock)
