@@ -33,7 +33,7 @@ from taskmaster.errors import EXIT_USAGE, TaskmasterError, UsageError
 from taskmaster.options import Options
 from taskmaster.remote import frames
 from taskmaster.remote.secret import forget_env_secret
-from taskmaster.remote.spawn import supervise
+from taskmaster.remote.spawn import finished_fd_from_env, supervise
 from taskmaster.runner import local_transport
 
 INSTALL_HINT = "pip install 'taskmaster-runner[zmq]'"
@@ -298,7 +298,7 @@ def slave_command(
 
     try:
         secret = _explicit_secret(secret_file)  # before the job module is imported
-        finished_fd = _finished_fd()
+        finished_fd = finished_fd_from_env()
         kwargs = parse_kwargs(args)
         tgt = load_target(target, handle_job=handle_job_name, need_get_jobs=False)
         secret = secret or frames.user_secret(os.environ)
@@ -318,24 +318,6 @@ def slave_command(
 
 
 slave_command.params.extend(_from_tm_run(SLAVE_OPTIONS))
-
-
-def _finished_fd() -> int | None:
-    """The pipe tm-spawn gives its slaves: end-of-file once a sibling heard the run finished."""
-    from taskmaster.remote.spawn import FINISHED_FD_ENV
-
-    text = os.environ.pop(FINISHED_FD_ENV, None)
-    if text is None:
-        return None
-    try:
-        fd = int(text)
-        os.fstat(fd)
-    except (ValueError, OSError):
-        raise UsageError(
-            f"${FINISHED_FD_ENV}={text!r} is not an open file descriptor (it is for "
-            "tm-spawn's own slaves): unset it"
-        ) from None
-    return fd
 
 
 # -- tm-spawn -----------------------------------------------------------------------------

@@ -43,13 +43,14 @@ from taskmaster.core.policy import FailureSink, MemoryFailures, Policy
 from taskmaster.core.pull import Puller
 from taskmaster.core.ratelimit import TokenBucket
 from taskmaster.core.source import JobSource
+from taskmaster.core.state import checkpoint_state
 from taskmaster.core.stats import Counters, Reporter, RunStats, Snapshot, StateSink
 from taskmaster.core.stop import StopReason, exit_code
 from taskmaster.core.tasks import Task, TaskQueue
 from taskmaster.errors import StateIOError
 from taskmaster.options import Options
 from taskmaster.store import codec
-from taskmaster.store.checkpoint import Anchor, State
+from taskmaster.store.checkpoint import State
 
 TICK = 0.1
 
@@ -286,36 +287,13 @@ class Coordinator:
 
     def state(self, final: bool = False) -> State | None:
         """The checkpoint to write now; None when it cannot name the job to resume from."""
-        ledger = self.ledger
-        anchor = self.base.anchor  # a resumed run that has pulled nothing yet
-        lowest = ledger.lowest_open()
-        if lowest is not None:
-            job = lowest.jobs[0]
-            anchor = Anchor(ledger.watermark, job, codec.job_digest(job))
-        elif ledger.tail is not None:
-            anchor = Anchor(ledger.tail[0], ledger.tail[1], codec.job_digest(ledger.tail[1]))
-        finished = self._finished(final)
-        if anchor is not None and not _storable(anchor.job):
-            if not finished:
-                return None  # a job that cannot be serialized cannot be handed back as last
-            anchor = None  # a finished run is never resumed from its anchor
         elapsed = max(1e-9, self.clock() - self._t0)
-        done, failed = ledger.settled()  # an open unit runs again whole on resume
-        return State(
-            target=self.base.target,
-            kwargs=self.base.kwargs,
-            watermark=ledger.watermark,
-            anchor=anchor,
-            resolved=tuple(ledger.resolved_above()),
-            done=done,
-            failed=failed,
-            finished=finished,
-            limit=self.opt.limit,
-            started=self.base.started,
-            updated=time.time(),
-            runs=self.base.runs,
-            rate=(ledger.done - self._initial_done) / elapsed,
-            window=self.opt.size,
+        return checkpoint_state(
+            self.ledger,
+            self.base,
+            self.opt,
+            finished=self._finished(final),
+            rate=(self.ledger.done - self._initial_done) / elapsed,
         )
 
     def checkpoint(self, final: bool = False) -> None:
@@ -401,11 +379,3 @@ def _unencodable(jobs: list[Any], offset: int) -> list[tuple[int, str]]:
             why = f"job of type {type(job).__name__} cannot be serialized by pickle or dill ({exc})"
             bad.append((offset + i, why))
     return bad
-
-
-def _storable(job: Any) -> bool:
-    try:
-        codec.dumps(job)
-    except codec.EncodeError:
-        return False
-    return True

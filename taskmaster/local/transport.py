@@ -269,14 +269,18 @@ class LocalTransport:
                 events.append(event)
         return alive
 
-    def _bury(self, handle: _Handle) -> Event:
-        handle.process.join(timeout=5)
+    def _release(self, handle: _Handle) -> None:
+        """A worker that has exited: its fds leave the poll set, its pipe and ring close."""
         self._unwatch(handle.conn.fileno())
         self._unwatch(handle.process.sentinel)
         handle.conn.close()
         handle.sock.close()
         handle.ring.memory.close()
         handle.outbox.clear()
+
+    def _bury(self, handle: _Handle) -> Event:
+        handle.process.join(timeout=5)
+        self._release(handle)
         del self._workers[handle.worker_id]
         held = tuple(handle.held)
         if not handle.stopping:
@@ -323,11 +327,7 @@ class LocalTransport:
             if handle.process.is_alive() and handle.process.pid:
                 os.kill(handle.process.pid, signal.SIGKILL)
                 handle.process.join()
-            self._unwatch(handle.conn.fileno())
-            self._unwatch(handle.process.sentinel)
-            handle.conn.close()
-            handle.sock.close()
-            handle.ring.memory.close()
+            self._release(handle)
         self._workers.clear()
 
     def _flush_blocking(self, handle: _Handle, timeout: float) -> None:

@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from taskmaster.errors import EXIT_FAILED, EXIT_OK
+from taskmaster.errors import EXIT_FAILED, EXIT_OK, UsageError
 from taskmaster.local.transport import describe_exit
 
 FINISHED_FD_ENV = "TASKMASTER_SPAWN_FD"
@@ -98,3 +98,19 @@ def _die_with_parent() -> None:
     # PR_SET_PDEATHSIG: a slave gets SIGTERM (finish, return, leave) when tm-spawn dies.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
+def finished_fd_from_env() -> int | None:
+    """The pipe tm-spawn gives its slaves: end-of-file once a sibling heard the run finished."""
+    text = os.environ.pop(FINISHED_FD_ENV, None)
+    if text is None:
+        return None
+    try:
+        fd = int(text)
+        os.fstat(fd)
+    except (ValueError, OSError):
+        raise UsageError(
+            f"${FINISHED_FD_ENV}={text!r} is not an open file descriptor (it is for "
+            "tm-spawn's own slaves): unset it"
+        ) from None
+    return fd
