@@ -238,14 +238,15 @@ def tm_cmd(
     *,
     workers: int = 2,
     threads: int = 1,
-    size: int = 10_000,
+    size: int | None = None,  # None: tm-run's own window (see README, --size)
     checkpoint_every: float | str = 1.0,
     kwargs: dict[str, Any] | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
     tm = tm_run_path() or "tm-run"
     cmd = [tm, job_module(module), str(workers), "--threads", str(threads)]
-    cmd += ["--size", str(size), "--state-file", str(Path(state_dir) / "state.json")]
+    cmd += [] if size is None else ["--size", str(size)]
+    cmd += ["--state-file", str(Path(state_dir) / "state.json")]
     every = checkpoint_every if isinstance(checkpoint_every, str) else f"{checkpoint_every:g}"
     cmd += ["--no-progress", "--checkpoint-every", every, *extra]
     return cmd + [f"{k}={v}" for k, v in (kwargs or {}).items()]

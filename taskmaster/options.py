@@ -32,7 +32,11 @@ class Options:
         metadata={"help": "Worker processes.", "short": "-w", "default_text": "CPU count"},
     )
     threads: int = _option(1, "Threads per worker (concurrency for async handlers).", short="-t")
-    size: int = _option(10_000, "Window: most jobs pulled and not yet resolved.")
+    size: int | None = _option(
+        None,
+        "Window: most jobs pulled and not yet resolved.",
+        default_text="10,000 to 100,000: about 32 MiB of jobs",
+    )
     state_file: str | None = _option(
         None,
         "Checkpoint path.",
@@ -72,7 +76,8 @@ class Options:
     def __post_init__(self) -> None:
         _between("workers", self.workers, 1, 1024)
         _between("threads", self.threads, 1, 4096)
-        _between("size", self.size, 1, 100_000_000)
+        if self.size is not None:
+            _between("size", self.size, 1, 100_000_000)
         _between("retries", self.retries, 0, 1000)
         if self.retry_delay is not None:
             _positive("retry-delay", self.retry_delay, zero_ok=True)

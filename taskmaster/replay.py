@@ -56,7 +56,7 @@ class Replay:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp)
         log = FailureLog(self.tmp)
-        opt = replace(opt, limit=None, size=max(1, min(opt.size, len(jobs) or 1)))
+        opt = replace(opt, limit=None, size=max(1, min(opt.size or len(jobs), len(jobs))))
         return Opened(
             opt,
             lambda: JobSource(iter(jobs), total=len(jobs)),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import datetime
 import hashlib
 import json
 import os
@@ -64,7 +63,7 @@ def failures_file_for(state_file: str) -> str:
 
 
 def describe_state(state: State) -> str:
-    when = datetime.datetime.fromtimestamp(state.updated).strftime("%Y-%m-%d %H:%M:%S")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.updated))
     return (
         f"watermark {state.watermark:,}, {state.done:,} done, {state.failed:,} failed, "
         f"last written {when}"

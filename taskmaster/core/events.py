@@ -91,7 +91,12 @@ class Transport(Protocol):
     ``wait`` blocks until an event arrives, a file descriptor in ``wake_fds`` is readable
     or ``timeout`` passes. A transport never drops a batch silently: a batch sent is
     answered by a BatchDone, a BatchUnreadable, or its id in a WorkerLost.
+
+    ``batch_seconds`` is how much work short jobs are batched into: more where a batch
+    costs more to hand over.
     """
+
+    batch_seconds: float
 
     def start(self) -> None: ...
 

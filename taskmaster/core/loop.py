@@ -109,6 +109,7 @@ class Coordinator:
         self._t0 = clock()
         self.bucket = TokenBucket(options.rate, self._t0) if options.rate else None
         self.puller = Puller(options, source, ledger, self.queue, self.counters, self.bucket)
+        self.puller.batch_seconds = transport.batch_seconds
         self._initial_done = ledger.done
         self.stop: StopReason | None = None  # why the run stops early, once it does
         self._stop_at = 0.0
@@ -294,6 +295,7 @@ class Coordinator:
             self.opt,
             finished=self._finished(final),
             rate=(self.ledger.done - self._initial_done) / elapsed,
+            window=self.puller.widest,
         )
 
     def checkpoint(self, final: bool = False) -> None:

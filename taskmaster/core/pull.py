@@ -20,7 +20,13 @@ from taskmaster.options import Options
 from taskmaster.store import codec
 
 BATCH_SECONDS = 0.05  # aim for batches of about this much work: short jobs batch, long do not
-MAX_BATCH = 4096
+MAX_BATCH = 16384
+# Without --size, the window holds about this much encoded job data, within the bounds below:
+# tiny jobs get a wide window, so they can travel in big batches (a batch costs a wake-up of
+# the worker and of the parent, whatever its size), and big jobs keep the memory bound.
+WINDOW_BYTES = 32 << 20
+MIN_WINDOW = 10_000
+MAX_AUTO_WINDOW = 100_000
 BATCH_BYTES = 1 << 20  # big jobs go in smaller batches: a pipe moves ~1 MiB without stalling
 
 
@@ -53,6 +59,17 @@ class Puller:
         self.job_bytes = 0  # encoded size of a job, from the latest unit
         self.pulling = False  # inside get_jobs, where only an exception gets the loop back
         self.stopped = False  # get_jobs was interrupted: it is not called again
+        self.batch_seconds = BATCH_SECONDS  # the transport may want longer batches
+        self.widest = self.window  # the widest window so far, which the checkpoint records
+
+    @property
+    def window(self) -> int:
+        """``--size``, or, without it, as many jobs as make about WINDOW_BYTES encoded."""
+        if self.opt.size is not None:
+            return self.opt.size
+        if self.job_bytes <= 0:
+            return MIN_WINDOW
+        return max(MIN_WINDOW, min(MAX_AUTO_WINDOW, WINDOW_BYTES // self.job_bytes))
 
     def limit_reached(self) -> bool:
         return self.opt.limit is not None and self.ledger.next_seq >= self.opt.limit
@@ -71,7 +88,9 @@ class Puller:
         """The next unit as a task; None when the window is full or nothing can be pulled."""
         ledger = self.ledger
         while not (self.exhausted or self.stopped):
-            room = self.opt.size - (ledger.next_seq - ledger.watermark)
+            window = self.window
+            self.widest = max(self.widest, window)
+            room = window - (ledger.next_seq - ledger.watermark)
             if room <= 0:
                 return None
             n = min(self.batch_size(slots), room)
@@ -141,5 +160,5 @@ class Puller:
             return 1
         slots = max(1, slots)
         # Half the window in flight leaves the other half for batches finishing out of order.
-        cap = min(MAX_BATCH, self.opt.size // (2 * slots), BATCH_BYTES // max(1, self.job_bytes))
-        return max(1, min(cap, int(BATCH_SECONDS / self.per_job)))
+        cap = min(MAX_BATCH, self.window // (2 * slots), BATCH_BYTES // max(1, self.job_bytes))
+        return max(1, min(cap, int(self.batch_seconds / self.per_job)))

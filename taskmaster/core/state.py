@@ -12,7 +12,13 @@ from taskmaster.store.checkpoint import Anchor, State
 
 
 def checkpoint_state(
-    ledger: Ledger, base: State, opt: Options, *, finished: bool, rate: float
+    ledger: Ledger,
+    base: State,
+    opt: Options,
+    *,
+    finished: bool,
+    rate: float,
+    window: int,
 ) -> State | None:
     """The State to write now; None when it cannot name the job a resume starts from.
 
@@ -45,7 +51,7 @@ def checkpoint_state(
         updated=time.time(),
         runs=base.runs,
         rate=rate,
-        window=opt.size,
+        window=window,
     )
 
 

@@ -29,6 +29,7 @@ from taskmaster.core.events import (
     TaskSent,
     WorkerLost,
 )
+from taskmaster.core.pull import BATCH_SECONDS
 from taskmaster.store import codec
 
 
@@ -47,6 +48,8 @@ class FakeClock:
 
 class StubTransport:
     """A Transport whose workers are the test: batches wait in ``held`` until scripted."""
+
+    batch_seconds = BATCH_SECONDS
 
     def __init__(self, slots: int = 4) -> None:
         self.slots = slots

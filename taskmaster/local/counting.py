@@ -9,7 +9,6 @@ dies with the parent, and is killed when the run ends first.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import signal
@@ -75,6 +74,8 @@ class BackgroundCount:
 
 
 def _child(count_jobs: Callable[..., Any], kwargs: dict[str, str], fd: int) -> None:
+    import ctypes  # in the child only
+
     code = 0
     try:
         with contextlib.suppress(OSError, AttributeError):

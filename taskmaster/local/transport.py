@@ -35,6 +35,7 @@ from taskmaster.core.events import (
     TaskSent,
     WorkerLost,
 )
+from taskmaster.core.pull import BATCH_SECONDS
 from taskmaster.local.wire import STOP, Ring, _Frames, frame_head, parse_result, task_frame
 from taskmaster.local.worker import (
     EXIT_PARENT_GONE,
@@ -107,6 +108,8 @@ class _Handle:
 
 class LocalTransport:
     """N forked workers with ``threads + prefetch`` batch slots each."""
+
+    batch_seconds = BATCH_SECONDS  # a pipe write and a wake-up: cheap
 
     def __init__(self, spec: WorkerSpec, workers: int, prefetch: int = 1) -> None:
         self.spec = spec

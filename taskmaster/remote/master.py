@@ -33,6 +33,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from taskmaster.core.events import BatchUnreadable, Event, TaskSent
+from taskmaster.core.pull import BATCH_SECONDS
 from taskmaster.errors import UsageError
 from taskmaster.remote import curve, frames
 from taskmaster.remote.curve import CurveKeys
@@ -58,6 +59,8 @@ class MasterConfig:
 
 class ZmqMasterTransport:
     """Hands batches to tm-slaves; see the module docstring."""
+
+    batch_seconds = BATCH_SECONDS
 
     def __init__(
         self,

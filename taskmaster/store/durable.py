@@ -19,7 +19,6 @@ import errno
 import fcntl
 import os
 import resource
-import secrets
 import stat
 import time
 
@@ -166,7 +165,7 @@ def temp_prefix(path: str) -> str:
 def _create_temp(path: str) -> tuple[str, int]:
     folder = folder_of(path)
     while True:
-        tmp = os.path.join(folder, temp_prefix(path) + secrets.token_hex(8))
+        tmp = os.path.join(folder, temp_prefix(path) + os.urandom(8).hex())
         try:
             return tmp, open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # 2^-64 by chance, or planted: either way, another name

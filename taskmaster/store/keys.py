@@ -15,7 +15,6 @@ import errno
 import hashlib
 import hmac
 import os
-import secrets
 import stat
 
 from taskmaster.errors import CheckpointError
@@ -113,10 +112,10 @@ def _create(path: str) -> None:
     folder = os.path.dirname(path)
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
-        tmp = os.path.join(folder, f".state.key.{secrets.token_hex(8)}")
+        tmp = os.path.join(folder, f".state.key.{os.urandom(8).hex()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            os.write(fd, (secrets.token_hex(_KEY_HEX // 2) + "\n").encode())
+            os.write(fd, (os.urandom(_KEY_HEX // 2).hex() + "\n").encode())  # as secrets.token_hex
             os.fsync(fd)
         finally:
             os.close(fd)
