@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes  # loaded in the parent: forked workers inherit it and start sooner
 import faulthandler
 import inspect
 import mmap
@@ -115,8 +116,6 @@ _consume: Callable[[Iterable[Any]], None] = collections.deque(
 def _die_with_parent(parent_pid: int) -> None:
     # PR_SET_PDEATHSIG: the kernel SIGKILLs us the moment the parent dies, even by kill -9.
     try:
-        import ctypes  # here, in the worker: a run that starts none never loads it
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
