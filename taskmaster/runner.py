@@ -31,6 +31,7 @@ from taskmaster.core.stats import Reporter, RunStats, Snapshot, StateSink
 from taskmaster.core.stop import StopReason
 from taskmaster.errors import EXIT_INTERRUPTED, CheckpointError, UsageError
 from taskmaster.local.counting import BackgroundCount
+from taskmaster.local.output import LineSink, OutputRelay
 from taskmaster.local.signals import counting_signals
 from taskmaster.local.transport import LocalTransport
 from taskmaster.local.worker import WorkerSpec
@@ -102,9 +103,14 @@ class Plan(Protocol):
         ...
 
 
-def local_transport(opt: Options, code: JobCode) -> LocalTransport:
+def local_transport(
+    opt: Options, code: JobCode, reporter: Reporter | None = None
+) -> LocalTransport:
+    """Forked workers; a reporter that draws on the terminal gets their terminal output."""
     code.check()
-    return LocalTransport(WorkerSpec(code, opt.threads, opt.job_timeout), opt.workers)
+    relay = OutputRelay(reporter.worker_line) if isinstance(reporter, LineSink) else None
+    spec = WorkerSpec(code, opt.threads, opt.job_timeout, None if relay is None else relay.write_fd)
+    return LocalTransport(spec, opt.workers, relay=relay)
 
 
 def execute(
@@ -124,7 +130,9 @@ def execute(
         if isinstance(opened, RunStats):
             return opened
         try:
-            stats = _drive(opened, transport or local_transport(opened.opt, code), reporter)
+            stats = _drive(
+                opened, transport or local_transport(opened.opt, code, reporter), reporter
+            )
         finally:
             opened.close()
         return plan.finish(stats, opened)

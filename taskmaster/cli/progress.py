@@ -139,6 +139,13 @@ class RichReporter:
         self.progress.console.print(f"taskmaster: {text}", markup=False, highlight=False)
         self.progress.refresh()
 
+    def worker_line(self, text: str) -> None:
+        """A line a worker wrote to the terminal: printed above the live line, its colours
+        kept (called from the relay's thread; rich's console takes its own lock)."""
+        from rich.text import Text
+
+        self.console.print(Text.from_ansi(text), soft_wrap=True, highlight=False)
+
     def tick(self, snap: Snapshot) -> None:
         total = f"/{snap.total:,}" if snap.total is not None else ""
         parts = [f"[green]{snap.done:,}{total} done[/]"]

@@ -6,15 +6,22 @@ write-through) or in blocks of 8 KiB (stdout on a pipe), so two workers' lines, 
 threads' lines, mix within a line. Here each thread collects its text until a newline and
 sends its complete lines with one ``os.write``: on a pipe, a write of up to 4 KiB is never
 mixed with another.
+
+When the parent draws a live progress line on the terminal, what workers write to that
+terminal would land on it, and be overdrawn. Then the workers' stdout and stderr, where they
+are that terminal, go into one pipe instead (``OutputRelay``), and the parent prints each
+line above its progress line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
 import threading
-from typing import TextIO, cast
+from collections.abc import Callable
+from typing import Protocol, TextIO, cast, runtime_checkable
 
 FLUSH_PARTIAL = 1 << 16  # a thread's text without a newline goes out past this size anyway
 
@@ -79,6 +86,64 @@ class LineWriter(io.TextIOBase):
                 data = data[os.write(self._fd, data) :]
         except OSError:
             pass  # the terminal or pipe is gone: as print to a closed stream, nothing to do
+
+
+@runtime_checkable
+class LineSink(Protocol):
+    """A reporter that prints workers' output lines itself (above a live display)."""
+
+    def worker_line(self, text: str) -> None: ...
+
+
+class OutputRelay:
+    """A pipe for the workers' terminal output, and a thread that hands its lines to a sink.
+
+    The parent keeps the write end open while it may fork workers; ``close`` (once the
+    workers are gone) closes it, and the thread ends at EOF, after the last line.
+    """
+
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        self._sink = sink
+        self._read_fd, self.write_fd = os.pipe()
+        self._thread = threading.Thread(target=self._pump, name="tm-output", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        rest = b""
+        try:
+            while chunk := os.read(self._read_fd, 1 << 16):
+                *lines, rest = (rest + chunk).split(b"\n")
+                for line in lines:
+                    self._deliver(line)
+            if rest:
+                self._deliver(rest)
+        except OSError:
+            pass
+        finally:
+            os.close(self._read_fd)
+
+    def _deliver(self, line: bytes) -> None:
+        # A sink that fails must not stop the pipe: the workers would block on it.
+        with contextlib.suppress(Exception):
+            self._sink(line.decode("utf-8", "backslashreplace"))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close our write end and wait for the lines still in the pipe (bounded: a process a
+        job started may hold the pipe open for longer)."""
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+        self._thread.join(timeout)
+
+
+def relay_terminal(relay_fd: int) -> None:
+    """In a worker: the streams that are a terminal write into the parent's relay pipe."""
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd):
+                os.dup2(relay_fd, fd)
+    with contextlib.suppress(OSError):
+        os.close(relay_fd)
 
 
 def whole_lines() -> None:

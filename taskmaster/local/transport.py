@@ -36,6 +36,7 @@ from taskmaster.core.events import (
     WorkerLost,
 )
 from taskmaster.core.pull import BATCH_SECONDS
+from taskmaster.local.output import OutputRelay
 from taskmaster.local.wire import STOP, Ring, _Frames, frame_head, parse_result, task_frame
 from taskmaster.local.worker import (
     EXIT_PARENT_GONE,
@@ -111,8 +112,15 @@ class LocalTransport:
 
     batch_seconds = BATCH_SECONDS  # a pipe write and a wake-up: cheap
 
-    def __init__(self, spec: WorkerSpec, workers: int, prefetch: int = 1) -> None:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        workers: int,
+        prefetch: int = 1,
+        relay: OutputRelay | None = None,
+    ) -> None:
         self.spec = spec
+        self.relay = relay  # owned: closed once the workers are gone
         self.n_workers = workers
         self.slots_each = spec.threads + prefetch
         self._ctx = multiprocessing.get_context("fork")
@@ -332,6 +340,8 @@ class LocalTransport:
                 handle.process.join()
             self._release(handle)
         self._workers.clear()
+        if self.relay is not None:
+            self.relay.close()
 
     def _flush_blocking(self, handle: _Handle, timeout: float) -> None:
         """Finish writing a stopping worker's outbox (its Stop last), while it still reads."""

@@ -45,7 +45,7 @@ from taskmaster.core.events import (
     TaskSent,
 )
 from taskmaster.errors import describe_error
-from taskmaster.local.output import whole_lines
+from taskmaster.local.output import relay_terminal, whole_lines
 from taskmaster.local.wire import (  # noqa: F401  (_Frames: tests reach it here)
     DONE,
     DONE_TAG,
@@ -86,6 +86,7 @@ class WorkerSpec:
     code: JobCode
     threads: int = 1
     job_timeout: float | None = None
+    output_fd: int | None = None  # the parent's OutputRelay pipe, for a terminal's output
 
     @property
     def handle_job(self) -> Callable[[Any], Any] | None:
@@ -345,6 +346,8 @@ def worker_main(
     for memory in other_rings:  # other workers' rings: a dead one's pages would linger
         with contextlib.suppress(BufferError, ValueError):
             memory.close()
+    if spec.output_fd is not None:
+        relay_terminal(spec.output_fd)  # before the line writers, which keep the fds
     whole_lines()  # prints of several workers and threads never mix within a line
     faulthandler.enable(file=sys.stderr, all_threads=True)
     if spec.job_timeout is not None:  # the watchdog's SIGALRM: dump the stacks, then die of it
