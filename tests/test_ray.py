@@ -137,9 +137,9 @@ def _ray_bin() -> str:
 
 
 @contextlib.contextmanager
-def ray_cluster(**env: str) -> Iterator[Cluster]:
-    """A 2-CPU Ray head in its own network namespace and process group, ended by killing
-    the group."""
+def ray_cluster(cpus: int = 2, **env: str) -> Iterator[Cluster]:
+    """A Ray head of ``cpus`` CPUs in its own network namespace and process group, ended by
+    killing the group."""
     if NETNS_PROBLEM:
         pytest.skip(f"no Ray cluster: {NETNS_PROBLEM}")
     pytest.importorskip("ray")
@@ -148,7 +148,7 @@ def ray_cluster(**env: str) -> Iterator[Cluster]:
     full_env = {**os.environ, MARKER_VAR: marker, "RAY_AUTH_MODE": "disabled", **env}
     full_env.pop("RAY_ADDRESS", None)
     start = (
-        f"ip link set lo up && exec {_ray_bin()} start --head --port {PORT} --num-cpus 2 "
+        f"ip link set lo up && exec {_ray_bin()} start --head --port {PORT} --num-cpus {cpus} "
         f"--include-dashboard false --disable-usage-stats --block --temp-dir {temp}"
     )
     log_path = Path(temp, "start.log")
