@@ -35,7 +35,7 @@ from taskmaster.cli.run import run_command
 PORT = 6390  # inside the cluster's own network namespace: no other process can hold it
 
 RAY_MODULE = """
-import json, os, signal, threading, time
+import glob, json, os, signal, threading, time
 
 LEDGER = {ledger!r}
 PIDS = {pids!r}
@@ -67,7 +67,21 @@ def record(job):
     os.write(fd, b"%d\\n" % job)
 
 
+def meet(actors):
+    # Wait (30 s at most) until jobs have begun in `actors` actors: batches go only to
+    # actors that have started, and one could otherwise run every job before the next starts.
+    open(os.path.join(PIDS, "%d.began" % os.getpid()), "w").close()
+    deadline = time.monotonic() + 30
+    while len(glob.glob(os.path.join(PIDS, "*.began"))) < actors:
+        if time.monotonic() > deadline:
+            break  # the test then sees one actor ran no job
+        time.sleep(0.01)
+    CFG["meet"] = 0
+
+
 def handle_job(job):
+    if CFG.get("meet"):
+        meet(int(CFG["meet"]))
     if CFG.get("sleep"):
         time.sleep(float(CFG["sleep"]))
     if job == int(CFG.get("poison", -1)):
@@ -278,13 +292,14 @@ def test_without_ray_says_how_to_install(tmp_path: Path, monkeypatch: pytest.Mon
 @pytest.mark.ray
 @pytest.mark.timeout(150)
 def test_every_job_exactly_once_setup_once_per_actor(rjob: RayJob) -> None:
-    result = rjob.ray("2", "--threads", "3", "n=3000", "tag=blue")
+    result = rjob.ray("2", "--threads", "3", "n=3000", "tag=blue", "meet=2")
     assert result.returncode == 0, result.stderr
     assert_exactly_once(rjob, 3000)
     assert "3,000 jobs done" in result.stderr and "Traceback" not in result.stderr
     setups = rjob.setups()
     assert len(setups) == 2, setups  # two actors, none replaced
-    assert all(calls == [{"n": "3000", "tag": "blue"}] for calls in setups.values()), setups
+    expected = [{"n": "3000", "tag": "blue", "meet": "2"}]
+    assert all(calls == expected for calls in setups.values()), setups
     assert rjob.teardowns() == set(setups)  # teardown_worker ran on each at the end
     workers = {int(name.split("-")[0]) for name in os.listdir(rjob.ledger)}
     assert workers == set(setups)  # the jobs ran in the actors, not in tm-run
