@@ -35,7 +35,7 @@ from taskmaster.cli.run import run_command
 PORT = 6390  # inside the cluster's own network namespace: no other process can hold it
 
 RAY_MODULE = """
-import json, os, signal, threading, time
+import glob, json, os, signal, threading, time
 
 LEDGER = {ledger!r}
 PIDS = {pids!r}
@@ -67,7 +67,21 @@ def record(job):
     os.write(fd, b"%d\\n" % job)
 
 
+def meet(actors):
+    # Wait (30 s at most) until jobs have begun in `actors` actors: batches go only to
+    # actors that have started, and one could otherwise run every job before the next starts.
+    open(os.path.join(PIDS, "%d.began" % os.getpid()), "w").close()
+    deadline = time.monotonic() + 30
+    while len(glob.glob(os.path.join(PIDS, "*.began"))) < actors:
+        if time.monotonic() > deadline:
+            break  # the test then sees one actor ran no job
+        time.sleep(0.01)
+    CFG["meet"] = 0
+
+
 def handle_job(job):
+    if CFG.get("meet"):
+        meet(int(CFG["meet"]))
     if CFG.get("sleep"):
         time.sleep(float(CFG["sleep"]))
     if job == int(CFG.get("poison", -1)):
@@ -137,9 +151,9 @@ def _ray_bin() -> str:
 
 
 @contextlib.contextmanager
-def ray_cluster(**env: str) -> Iterator[Cluster]:
-    """A 2-CPU Ray head in its own network namespace and process group, ended by killing
-    the group."""
+def ray_cluster(cpus: int = 2, **env: str) -> Iterator[Cluster]:
+    """A Ray head of ``cpus`` CPUs in its own network namespace and process group, ended by
+    killing the group."""
     if NETNS_PROBLEM:
         pytest.skip(f"no Ray cluster: {NETNS_PROBLEM}")
     pytest.importorskip("ray")
@@ -148,7 +162,7 @@ def ray_cluster(**env: str) -> Iterator[Cluster]:
     full_env = {**os.environ, MARKER_VAR: marker, "RAY_AUTH_MODE": "disabled", **env}
     full_env.pop("RAY_ADDRESS", None)
     start = (
-        f"ip link set lo up && exec {_ray_bin()} start --head --port {PORT} --num-cpus 2 "
+        f"ip link set lo up && exec {_ray_bin()} start --head --port {PORT} --num-cpus {cpus} "
         f"--include-dashboard false --disable-usage-stats --block --temp-dir {temp}"
     )
     log_path = Path(temp, "start.log")
@@ -278,13 +292,14 @@ def test_without_ray_says_how_to_install(tmp_path: Path, monkeypatch: pytest.Mon
 @pytest.mark.ray
 @pytest.mark.timeout(150)
 def test_every_job_exactly_once_setup_once_per_actor(rjob: RayJob) -> None:
-    result = rjob.ray("2", "--threads", "3", "n=3000", "tag=blue")
+    result = rjob.ray("2", "--threads", "3", "n=3000", "tag=blue", "meet=2")
     assert result.returncode == 0, result.stderr
     assert_exactly_once(rjob, 3000)
     assert "3,000 jobs done" in result.stderr and "Traceback" not in result.stderr
     setups = rjob.setups()
     assert len(setups) == 2, setups  # two actors, none replaced
-    assert all(calls == [{"n": "3000", "tag": "blue"}] for calls in setups.values()), setups
+    expected = [{"n": "3000", "tag": "blue", "meet": "2"}]
+    assert all(calls == expected for calls in setups.values()), setups
     assert rjob.teardowns() == set(setups)  # teardown_worker ran on each at the end
     workers = {int(name.split("-")[0]) for name in os.listdir(rjob.ledger)}
     assert workers == set(setups)  # the jobs ran in the actors, not in tm-run
@@ -293,7 +308,9 @@ def test_every_job_exactly_once_setup_once_per_actor(rjob: RayJob) -> None:
 @pytest.mark.ray
 @pytest.mark.timeout(150)
 def test_kill_9_of_an_actor_mid_run_loses_nothing(rjob: RayJob) -> None:
-    proc = rjob.start_ray("2", "n=3000", "sleep=0.002")
+    # 5 ms jobs: the ~13 s the survivor needs for the rest leave the replacement time to
+    # start (it takes batches only once started) even on a loaded machine.
+    proc = rjob.start_ray("2", "n=3000", "sleep=0.005")
     try:
         wait_until(
             lambda: len(rjob.setups()) == 2 and sum(rjob.counts().values()) > 300, 60, "progress"

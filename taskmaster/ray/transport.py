@@ -4,7 +4,10 @@ Each actor holds up to ``threads + prefetch`` batches (Ray method calls in fligh
 parent waits on every call's result at once (``ray.wait``, in short slices so a Ctrl-C on a
 wake fd is seen at once). A call that fails with RayActorError (the actor's process died, its
 node was lost, it was killed) is a dead worker: WorkerLost with every batch it held, naming
-the actor, its node and what Ray knows of why, and a replacement actor is started. Under
+the actor, its node and what Ray knows of why, and a replacement actor is started. Batches
+go only to actors that have started (placed, setup_worker done): a replacement that Ray cannot
+place (its node lost, no CPU left on the others) waits without holding any, and the run goes
+on with the actors that are left. Under
 --job-timeout the parent asks each busy actor for its late jobs; the actor holding one is
 killed (``ray.kill``) and replaced: JobTimedOut, then WorkerLost.
 
@@ -91,6 +94,7 @@ class RayTransport:
         self._refs: dict[Any, tuple[int, int]] = {}  # ObjectRef -> (worker_id, task_id)
         self._ids = itertools.count()
         self._next_probe = 0.0
+        self._opened = False  # an actor started during this wait: it has free slots
 
     def start(self) -> None:
         for _ in range(self.n_workers):
@@ -105,14 +109,17 @@ class RayTransport:
     def pids(self) -> list[int]:
         return [a.pid for a in self._actors.values() if a.pid]
 
+    def _open(self) -> list[_Actor]:
+        """The actors that take batches: placed and set up (an actor Ray cannot place, say
+        the replacement of one lost with its node on a cluster with no CPU left, would hold
+        its batches for ever), and not stopping."""
+        return [a for a in self._actors.values() if a.started and not a.stopping]
+
     def free_slots(self) -> int:
-        return sum(self.slots_each - len(a.held) for a in self._actors.values() if not a.stopping)
+        return sum(self.slots_each - len(a.held) for a in self._open())
 
     def send(self, task: TaskSent) -> None:
-        actor = max(
-            (a for a in self._actors.values() if not a.stopping),
-            key=lambda a: self.slots_each - len(a.held),
-        )
+        actor = max(self._open(), key=lambda a: self.slots_each - len(a.held))
         ref = actor.handle.run.remote(actor.calls, task)
         actor.calls += 1
         actor.held[task.task_id] = ref
@@ -135,7 +142,13 @@ class RayTransport:
                 woken = bool(wake_fds) and bool(select.select(wake_fds, [], [], 0)[0])
             else:
                 woken = bool(select.select(wake_fds, [], [], left)[0])
-            if events or woken or (deadline is not None and time.monotonic() >= deadline):
+            if (
+                events
+                or woken
+                or self._opened
+                or (deadline is not None and time.monotonic() >= deadline)
+            ):
+                self._opened = False
                 return events
 
     def _take_all(self, ready: list[Any], events: list[Event]) -> None:
@@ -164,7 +177,7 @@ class RayTransport:
             events.append(self._bury_dead(actor, exc, False))
             return
         if task_id == _READY:
-            actor.started = True
+            actor.started = self._opened = True  # the caller may send it batches now
             actor.pid, actor.node, _ = value
         elif task_id == _LATE:
             actor.probe_at = None
