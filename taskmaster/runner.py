@@ -31,7 +31,7 @@ from taskmaster.core.stats import Reporter, RunStats, Snapshot, StateSink
 from taskmaster.core.stop import StopReason
 from taskmaster.errors import EXIT_INTERRUPTED, CheckpointError, UsageError
 from taskmaster.local.counting import BackgroundCount
-from taskmaster.local.output import LineSink, OutputRelay
+from taskmaster.local.output import LineSink
 from taskmaster.local.signals import counting_signals
 from taskmaster.local.transport import LocalTransport
 from taskmaster.local.worker import WorkerSpec
@@ -103,14 +103,11 @@ class Plan(Protocol):
         ...
 
 
-def local_transport(
-    opt: Options, code: JobCode, reporter: Reporter | None = None
-) -> LocalTransport:
+def local_transport(opt: Options, code: JobCode, shown: Reporter | None = None) -> LocalTransport:
     """Forked workers; a reporter that draws on the terminal gets their terminal output."""
     code.check()
-    relay = OutputRelay(reporter.worker_line) if isinstance(reporter, LineSink) else None
-    spec = WorkerSpec(code, opt.threads, opt.job_timeout, None if relay is None else relay.write_fd)
-    return LocalTransport(spec, opt.workers, relay=relay)
+    lines = shown.worker_line if isinstance(shown, LineSink) else None
+    return LocalTransport(WorkerSpec(code, opt.threads, opt.job_timeout), opt.workers, lines)
 
 
 def execute(
@@ -160,16 +157,8 @@ def _drive(opened: Opened, transport: Transport, reporter: Reporter) -> RunStats
     except BaseException:
         transport.close(kill=True)
         raise
-    coord = Coordinator(
-        opened.opt,
-        source,
-        transport,
-        ledger,
-        opened.base,
-        opened.state_sink,
-        opened.failures,
-        reporter,
-    )
+    sinks = (opened.state_sink, opened.failures, reporter)
+    coord = Coordinator(opened.opt, source, transport, ledger, opened.base, *sinks)
     count = None
     if opened.count_jobs is not None and opened.opt.total is None and source.total is None:
         count = coord.count = BackgroundCount(opened.count_jobs, opened.kwargs)

@@ -150,6 +150,30 @@ def _ray_bin() -> str:
     return os.path.join(os.path.dirname(sys.executable), "ray")
 
 
+def start_ray_node(argv: list[str], env: dict[str, str], temp: str) -> subprocess.Popen[bytes]:
+    """``ray start ... --block`` in a session of its own, its output in TEMP/start.log."""
+    with open(Path(temp, "start.log"), "wb") as log:
+        return subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def await_ray_node(proc: subprocess.Popen[bytes], temp: str, timeout: float, what: str) -> None:
+    """Wait until ``ray start`` says the node runs; fail with its log if it exits first."""
+    log_path = Path(temp, "start.log")
+    wait_until(
+        lambda: b"Ray runtime started" in log_path.read_bytes() or proc.poll() is not None,
+        timeout,
+        what,
+    )
+    assert proc.poll() is None, log_path.read_text()
+
+
 @contextlib.contextmanager
 def ray_cluster(cpus: int = 2, **env: str) -> Iterator[Cluster]:
     """A Ray head of ``cpus`` CPUs in its own network namespace and process group, ended by
@@ -165,23 +189,9 @@ def ray_cluster(cpus: int = 2, **env: str) -> Iterator[Cluster]:
         f"ip link set lo up && exec {_ray_bin()} start --head --port {PORT} --num-cpus {cpus} "
         f"--include-dashboard false --disable-usage-stats --block --temp-dir {temp}"
     )
-    log_path = Path(temp, "start.log")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            ["unshare", "-n", "sh", "-c", start],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=full_env,
-            start_new_session=True,
-        )
+    proc = start_ray_node(["unshare", "-n", "sh", "-c", start], full_env, temp)
     try:
-        wait_until(
-            lambda: b"Ray runtime started" in log_path.read_bytes() or proc.poll() is not None,
-            90,
-            "the Ray head to start",
-        )
-        assert proc.poll() is None, log_path.read_text()
+        await_ray_node(proc, temp, 90, "the Ray head to start")
         yield Cluster(proc, marker, full_env)
     finally:
         kill_group(proc)

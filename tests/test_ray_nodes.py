@@ -21,7 +21,16 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import kill_group, wait_until
-from test_ray import PORT, Cluster, RayJob, _ray_bin, assert_every_job_ran, ray_cluster
+from test_ray import (
+    PORT,
+    Cluster,
+    RayJob,
+    _ray_bin,
+    assert_every_job_ran,
+    await_ray_node,
+    ray_cluster,
+    start_ray_node,
+)
 
 # Each actor writes down which node it runs on (the environment its raylet gave it).
 NODE_SETUP = """
@@ -44,23 +53,10 @@ def second_node(cluster: Cluster) -> Iterator[subprocess.Popen[bytes]]:
         f"exec {_ray_bin()} start --address=127.0.0.1:{PORT} --num-cpus 1 "
         f"--disable-usage-stats --block --temp-dir {temp}"
     )
-    log_path = Path(temp, "start.log")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            ["nsenter", f"--net={cluster.netns}", "sh", "-c", start],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**cluster.env, "TM_RAY_NODE": "second"},
-            start_new_session=True,
-        )
+    argv = ["nsenter", f"--net={cluster.netns}", "sh", "-c", start]
+    proc = start_ray_node(argv, {**cluster.env, "TM_RAY_NODE": "second"}, temp)
     try:
-        wait_until(
-            lambda: b"Ray runtime started" in log_path.read_bytes() or proc.poll() is not None,
-            60,
-            "the second Ray node to start",
-        )
-        assert proc.poll() is None, log_path.read_text()
+        await_ray_node(proc, temp, 60, "the second Ray node to start")
         yield proc
     finally:
         kill_session(proc.pid)

@@ -288,14 +288,10 @@ class Coordinator:
 
     def state(self, final: bool = False) -> State | None:
         """The checkpoint to write now; None when it cannot name the job to resume from."""
-        elapsed = max(1e-9, self.clock() - self._t0)
+        rate = (self.ledger.done - self._initial_done) / max(1e-9, self.clock() - self._t0)
+        done = self._finished(final)
         return checkpoint_state(
-            self.ledger,
-            self.base,
-            self.opt,
-            finished=self._finished(final),
-            rate=(self.ledger.done - self._initial_done) / elapsed,
-            window=self.puller.widest,
+            self.ledger, self.base, self.opt, finished=done, rate=rate, window=self.puller.widest
         )
 
     def checkpoint(self, final: bool = False) -> None:

@@ -22,7 +22,8 @@ import select
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import cast
@@ -116,11 +117,12 @@ class LocalTransport:
         self,
         spec: WorkerSpec,
         workers: int,
+        output: Callable[[str], None] | None = None,
         prefetch: int = 1,
-        relay: OutputRelay | None = None,
     ) -> None:
         self.spec = spec
-        self.relay = relay  # owned: closed once the workers are gone
+        self._output = output  # where the workers' terminal lines go, if not the terminal
+        self.relay: OutputRelay | None = None  # its pipe, from start until close
         self.n_workers = workers
         self.slots_each = spec.threads + prefetch
         self._ctx = multiprocessing.get_context("fork")
@@ -132,6 +134,9 @@ class LocalTransport:
         self._wake_fds: list[int] = []
 
     def start(self) -> None:
+        if self._output is not None:
+            self.relay = OutputRelay(self._output)
+            self.spec = replace(self.spec, output_fd=self.relay.write_fd)
         for _ in range(self.n_workers):
             self._spawn()
 
@@ -342,6 +347,7 @@ class LocalTransport:
         self._workers.clear()
         if self.relay is not None:
             self.relay.close()
+            self.relay = None
 
     def _flush_blocking(self, handle: _Handle, timeout: float) -> None:
         """Finish writing a stopping worker's outbox (its Stop last), while it still reads."""
