@@ -66,7 +66,10 @@ def test_a_checkpoint_goes_from_local_workers_to_ray_and_back(rjob: RayJob) -> N
     actors = set(rjob.setups()) - local_workers
     assert 1 <= len(actors) <= 2, rjob.setups()
     ran_in = {int(name.split("-")[0]) for name in os.listdir(rjob.ledger)}
-    assert actors <= ran_in  # the middle leg ran in the actors
+    # The middle leg ran in the actors (one may have set up and got no batch: batches go
+    # only to started actors, and the other can run all 700 jobs first).
+    middle = ran_in - local_workers
+    assert middle and middle <= actors, (ran_in, local_workers, actors)
     back = rjob.run("2", "--no-progress", *files, "--resume", "n=2000", timeout=120)
     assert back.returncode == 0, back.stderr
     assert_exactly_once(rjob, 2000)

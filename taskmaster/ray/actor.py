@@ -6,7 +6,9 @@ calls in place of the pipe: each ``run`` call takes one batch and returns its on
 in ``__init__``; if it raises, Ray reports the actor's death with ``actor_init_failed`` set.
 
 Batches start strictly in the order the parent numbered them, at most ``threads`` at once, so
-when an actor dies the parent knows which held batches it had certainly not started yet.
+when an actor dies the parent knows which held batches it had certainly not started yet; and
+none starts while the result of a finished one-job batch may still be inside (``ack``), so
+such a job is not charged for a death that came after it.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ class TaskmasterActor:
             self.slots.put(slot)
         self.turn = 0  # the number of the next batch allowed to start
         self.order = threading.Condition()
+        self.unread: set[int] = set()  # finished one-job batches the parent has not acked
+        self.acks = threading.Condition()
 
     @ray.method(concurrency_group="control")
     def ready(self) -> tuple[int, str, str]:
@@ -115,12 +119,32 @@ class TaskmasterActor:
         with self.order:  # start in the parent's order, so "not started" is knowable
             self.order.wait_for(lambda: self.turn == number)
             slot = self.slots.get()  # waits while `threads` batches run
+            with self.acks:  # see ack
+                self.acks.wait_for(lambda: not self.unread)
             self.turn += 1
             self.order.notify_all()
         try:
             return self.worker.call(task, slot)
         finally:
+            if task.count == 1:
+                with self.acks:
+                    self.unread.add(number)
             self.slots.put(slot)
+
+    @ray.method(concurrency_group="control")
+    def ack(self, numbers: list[int]) -> None:
+        """The parent has read the results of these one-job batches.
+
+        A method's result leaves the actor after the method returns, so a batch started
+        right after it could kill the actor with that result still inside, and the parent
+        would count the finished batch as the running one, charging its job for the death.
+        No batch starts while a one-job batch's result may still be inside, so a job is
+        charged only if it ran when the actor died (batches of several jobs are split, not
+        charged, so they need no ack).
+        """
+        with self.acks:
+            self.unread.difference_update(numbers)
+            self.acks.notify_all()
 
     @ray.method(concurrency_group="control")
     def late(self, limit: float) -> list[tuple[int, int, float]]:

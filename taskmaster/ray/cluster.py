@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import sysconfig
+import time
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -22,6 +23,9 @@ import ray
 from ray.exceptions import AuthenticationError, RuntimeEnvSetupError
 
 from taskmaster.errors import UsageError
+
+CLIENT_TRIES = 3  # ray:// joins tried when Ray Client's server fails as it starts (see _init)
+CLIENT_PAUSE = 1.0  # seconds between them
 
 # Never shipped to the cluster with the job module's folder: our own state, caches, VCS.
 EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", "*.state.json", "*.failures.jsonl"]
@@ -39,13 +43,7 @@ def connect(address: str, runtime_env: dict[str, Any] | None = None) -> Cluster:
     if not address:
         raise UsageError("--ray needs an address: auto, HOST:PORT or ray://HOST:PORT")
     try:
-        ray.init(
-            address=address,
-            runtime_env=runtime_env,
-            logging_level=logging.WARNING,
-            log_to_driver=True,
-            configure_logging=True,
-        )
+        _init(address, runtime_env)
     except AuthenticationError as exc:
         raise UsageError(_auth_help(address, exc)) from None
     except RuntimeEnvSetupError as exc:
@@ -66,6 +64,30 @@ def connect(address: str, runtime_env: dict[str, Any] | None = None) -> Cluster:
     alive: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
     nodes = sum(1 for node in alive if node.get("Alive"))
     return Cluster(address, int(resources.get("CPU", 0)), nodes)
+
+
+def _init(address: str, runtime_env: dict[str, Any] | None) -> None:
+    """ray.init, tried again when Ray Client's server fails as it starts.
+
+    For each client the head's client server starts a server process of its own, and that
+    process sometimes dies as it starts ("Initialization failure from server"). Nothing has
+    run yet, so a second try is safe; a cluster that is not there fails differently.
+    """
+    for attempt in range(CLIENT_TRIES):
+        try:
+            ray.init(
+                address=address,
+                runtime_env=runtime_env,
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+                configure_logging=True,
+            )
+            return
+        except ConnectionAbortedError:
+            if not address.startswith("ray://") or attempt == CLIENT_TRIES - 1:
+                raise
+            disconnect()
+            time.sleep(CLIENT_PAUSE)
 
 
 def disconnect() -> None:

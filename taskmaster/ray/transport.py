@@ -35,6 +35,7 @@ from taskmaster.ray.cluster import describe_death, disconnect
 SLICE = 0.05  # seconds per ray.wait between looks at the wake fds
 STOP_TIMEOUT = 30.0  # seconds for teardown_worker at a polite close
 DEATH_TIMEOUT = 10.0  # seconds to wait at close for killed actors to be gone
+HARVEST_WAIT = 2.0  # seconds for a dead actor's calls to resolve (see _harvest)
 GIL_GRACE = 5.0  # seconds past --job-timeout an actor may take to answer "which jobs are late?"
 
 _READY = -1  # task ids of the calls that are not batches
@@ -47,6 +48,7 @@ class _Actor:
     handle: Any
     held: dict[int, Any] = field(default_factory=dict)  # task_id -> ObjectRef, in send order
     calls: int = 0  # run calls numbered in send order: the actor starts them in that order
+    singles: dict[int, int] = field(default_factory=dict)  # one-job task_id -> call number
     started: bool = False  # ready() answered: __init__ (setup_worker) is done
     pid: int = 0
     node: str = ""
@@ -95,6 +97,7 @@ class RayTransport:
         self._ids = itertools.count()
         self._next_probe = 0.0
         self._opened = False  # an actor started during this wait: it has free slots
+        self._acks: dict[int, list[int]] = {}  # worker_id -> one-job call numbers read
 
     def start(self) -> None:
         for _ in range(self.n_workers):
@@ -121,6 +124,8 @@ class RayTransport:
     def send(self, task: TaskSent) -> None:
         actor = max(self._open(), key=lambda a: self.slots_each - len(a.held))
         ref = actor.handle.run.remote(actor.calls, task)
+        if task.count == 1 and not self.spec.is_async:
+            actor.singles[task.task_id] = actor.calls  # acked when read (TaskmasterActor.ack)
         actor.calls += 1
         actor.held[task.task_id] = ref
         self._refs[ref] = (actor.worker_id, task.task_id)
@@ -158,9 +163,18 @@ class RayTransport:
         except RayError:
             for ref in ready:
                 self._take(ref, events)
+            self._send_acks()
             return
         for ref, value in zip(ready, values, strict=True):
             self._take(ref, events, (value,))
+        self._send_acks()
+
+    def _send_acks(self) -> None:
+        for worker_id, numbers in self._acks.items():
+            actor = self._actors.get(worker_id)
+            if actor is not None:
+                actor.handle.ack.remote(numbers)  # no answer awaited: a lost ack dies with it
+        self._acks.clear()
 
     def _take(self, ref: Any, events: list[Event], got: tuple[Any] | None = None) -> None:
         owner = self._refs.pop(ref, None)
@@ -171,10 +185,10 @@ class RayTransport:
         try:
             value = got[0] if got is not None else ray.get(ref)
         except RayActorError as exc:
-            events.append(self._bury_dead(actor, exc, exc.actor_init_failed))
+            events += self._bury_dead(actor, exc, exc.actor_init_failed)
             return
         except RayError as exc:  # e.g. a result lost with its node: the actor is suspect
-            events.append(self._bury_dead(actor, exc, False))
+            events += self._bury_dead(actor, exc, False)
             return
         if task_id == _READY:
             actor.started = self._opened = True  # the caller may send it batches now
@@ -184,9 +198,12 @@ class RayTransport:
             if value:
                 late_task, index, seconds = value[0]
                 events.append(JobTimedOut(late_task, index, seconds))
-                events.append(self._bury(actor, "was stopped because a job ran past --job-timeout"))
+                events += self._bury(actor, "was stopped because a job ran past --job-timeout")
         else:
             actor.held.pop(task_id, None)
+            number = actor.singles.pop(task_id, None)
+            if number is not None:
+                self._acks.setdefault(actor.worker_id, []).append(number)
             events.append(value)
 
     def _watch_timeouts(self, events: list[Event]) -> None:
@@ -210,11 +227,11 @@ class RayTransport:
                     "stopped answering while a job ran past --job-timeout (C code that never "
                     "releases the GIL?) and was killed"
                 )
-                events.append(self._bury(actor, reason))
+                events += self._bury(actor, reason)
 
     # -- endings ---------------------------------------------------------------------------
 
-    def _bury_dead(self, actor: _Actor, exc: BaseException, setup_failed: bool) -> WorkerLost:
+    def _bury_dead(self, actor: _Actor, exc: BaseException, setup_failed: bool) -> list[Event]:
         death = describe_death(exc)
         actor.node = actor.node or death.node
         actor.pid = actor.pid or death.pid
@@ -226,9 +243,11 @@ class RayTransport:
             )
         return self._bury(actor, death.why)
 
-    def _bury(self, actor: _Actor, reason: str, setup_failed: bool = False) -> WorkerLost:
+    def _bury(self, actor: _Actor, reason: str, setup_failed: bool = False) -> list[Event]:
+        """End an actor: the results it sent before it ended, then WorkerLost with the rest."""
         with contextlib.suppress(Exception):
             ray.kill(actor.handle, no_restart=True)
+        events = self._harvest(actor)
         del self._actors[actor.worker_id]
         for ref in [r for r, (wid, _) in self._refs.items() if wid == actor.worker_id]:
             del self._refs[ref]
@@ -236,18 +255,45 @@ class RayTransport:
         if not actor.stopping:
             self._spawn()
         # Batches start in send order, at most `threads` at once, and every result that came
-        # back was read: so the held batches past the oldest `threads` had not started. An
-        # async actor starts every batch it holds at once.
+        # back was read (by _harvest): so the held batches past the oldest `threads` had not
+        # started. An async actor starts every batch it holds at once.
         queued = held if setup_failed else () if self.spec.is_async else held[self.spec.threads :]
-        return WorkerLost(
-            actor.worker_id,
-            actor.pid,
-            held,
-            f"(Ray actor {actor.handle._actor_id.hex()[:12]} on node {actor.node or '?'}) "
-            + reason,
-            queued=queued,
-            setup_failed=setup_failed,
+        events.append(
+            WorkerLost(
+                actor.worker_id,
+                actor.pid,
+                held,
+                f"(Ray actor {actor.handle._actor_id.hex()[:12]} on node {actor.node or '?'}) "
+                + reason,
+                queued=queued,
+                setup_failed=setup_failed,
+            )
         )
+        return events
+
+    def _harvest(self, actor: _Actor) -> list[Event]:
+        """The results of batches a dead (or killed) actor finished before it ended.
+
+        Its death shows through one call's error, while a batch it finished just before may
+        have its result ready but unread, or still on its way: ray.wait orders nothing. Each
+        of its calls resolves soon after the death (to a value or to the death's error), so
+        waiting HARVEST_WAIT at most for them all keeps a finished batch from being counted
+        as one the actor was running, and charged for its death.
+        """
+        refs = [r for r, (wid, tid) in self._refs.items() if wid == actor.worker_id and tid >= 0]
+        if not refs:
+            return []
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=HARVEST_WAIT)
+        events: list[Event] = []
+        for ref in done:
+            try:
+                value = ray.get(ref)
+            except RayError:
+                continue  # lost with the actor
+            _, task_id = self._refs.pop(ref)
+            actor.held.pop(task_id, None)
+            events.append(value)
+        return events
 
     def kill_worker_holding(self, task_id: int) -> None:
         """Kill the actor holding a task; its death is reported by the next wait."""
