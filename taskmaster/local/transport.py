@@ -16,7 +16,6 @@ import collections
 import contextlib
 import itertools
 import mmap
-import multiprocessing
 import os
 import select
 import signal
@@ -24,8 +23,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from typing import cast
 
 from taskmaster.core.events import (
@@ -37,6 +34,7 @@ from taskmaster.core.events import (
     WorkerLost,
 )
 from taskmaster.core.pull import BATCH_SECONDS
+from taskmaster.local.child import Child, Conn
 from taskmaster.local.output import OutputRelay
 from taskmaster.local.wire import STOP, Ring, _Frames, frame_head, parse_result, task_frame
 from taskmaster.local.worker import (
@@ -94,9 +92,8 @@ _WRITE = select.POLLOUT
 @dataclass(slots=True, eq=False)
 class _Handle:
     worker_id: int
-    process: BaseProcess
-    conn: Connection  # owns the parent's end of the pipe (non-blocking)
-    sock: socket.socket  # the same pipe, for writes that never block
+    process: Child
+    sock: socket.socket  # the parent's end of the pipe (non-blocking)
     frames: _Frames  # the worker's results, taken as they come
     ring: Ring
     free: list[int]  # the ring's free slots
@@ -125,7 +122,6 @@ class LocalTransport:
         self.relay: OutputRelay | None = None  # its pipe, from start until close
         self.n_workers = workers
         self.slots_each = spec.threads + prefetch
-        self._ctx = multiprocessing.get_context("fork")
         self._workers: dict[int, _Handle] = {}
         self._next_id = 0
         # One poll set for the run, kept up to date: what each fd in it stands for
@@ -143,20 +139,15 @@ class LocalTransport:
     def _spawn(self) -> None:
         worker_id = self._next_id
         self._next_id += 1
-        parent_end, child_end = self._ctx.Pipe(duplex=True)
-        # other workers' pipe ends (both handles on each) and this one's: see worker_main
-        inherited = [
-            fd for h in self._workers.values() for fd in (h.conn.fileno(), h.sock.fileno())
-        ]
-        inherited.append(parent_end.fileno())
+        sock, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # other workers' pipe ends and this one's: see worker_main
+        inherited = [h.sock.fileno() for h in self._workers.values()]
+        inherited.append(sock.fileno())
         slot_bytes = max(1, min(SLOT_BYTES, RING_BYTES // self.slots_each))
         ring = Ring(mmap.mmap(-1, slot_bytes * self.slots_each), slot_bytes)
         others = tuple(h.ring.memory for h in self._workers.values())
-        process = self._ctx.Process(
-            target=worker_main,
-            args=(child_end, self.spec, os.getpid(), inherited, ring, others),
-            name=f"taskmaster-worker-{worker_id}",
-            daemon=True,
+        process = Child(
+            worker_main, (Conn(child_end), self.spec, os.getpid(), inherited, ring, others)
         )
         # A signal handled during fork runs in the at-fork hooks, which swallow exceptions:
         # a Ctrl-C there would be lost. Held back, it arrives once the worker is registered
@@ -165,18 +156,17 @@ class LocalTransport:
         try:
             process.start()
             child_end.close()
-            sock = socket.socket(fileno=os.dup(parent_end.fileno()))
-            frames = _Frames(parent_end.fileno())
+            frames = _Frames(sock.fileno())
             free = list(range(self.slots_each))
-            handle = _Handle(worker_id, process, parent_end, sock, frames, ring, free)
+            handle = _Handle(worker_id, process, sock, frames, ring, free)
             self._workers[worker_id] = handle
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
         # Big batches cross in one write; the window still bounds what the pipes hold.
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        sock.setblocking(False)  # and so the Connection's fd too: they share one file
-        self._watch(parent_end.fileno(), handle, "conn", _READ)
+        sock.setblocking(False)
+        self._watch(sock.fileno(), handle, "conn", _READ)
         self._watch(process.sentinel, handle, "sentinel", _READ)
 
     def _watch(self, fd: int, handle: _Handle | None, kind: str, events: int) -> None:
@@ -231,7 +221,7 @@ class LocalTransport:
                 else:
                     outbox[0] = outbox[0][sent:]
                     sent = 0
-        fd = handle.conn.fileno()
+        fd = handle.sock.fileno()
         if fd in self._fds:  # ask to hear when it is writable only while something waits
             self._poll.modify(fd, _READ | _WRITE if outbox else _READ)
 
@@ -287,10 +277,10 @@ class LocalTransport:
 
     def _release(self, handle: _Handle) -> None:
         """A worker that has exited: its fds leave the poll set, its pipe and ring close."""
-        self._unwatch(handle.conn.fileno())
+        self._unwatch(handle.sock.fileno())
         self._unwatch(handle.process.sentinel)
-        handle.conn.close()
         handle.sock.close()
+        handle.process.close()
         handle.ring.memory.close()
         handle.outbox.clear()
 

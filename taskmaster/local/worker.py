@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from taskmaster.core.code import JobCode
@@ -45,6 +44,7 @@ from taskmaster.core.events import (
     TaskSent,
 )
 from taskmaster.errors import describe_error
+from taskmaster.local.child import Conn
 from taskmaster.local.output import relay_terminal, whole_lines
 from taskmaster.local.wire import (  # noqa: F401  (_Frames: tests reach it here)
     DONE,
@@ -126,7 +126,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 class Worker:
-    def __init__(self, conn: Connection, spec: WorkerSpec, ring: Ring | None = None) -> None:
+    def __init__(self, conn: Conn, spec: WorkerSpec, ring: Ring | None = None) -> None:
         self.conn = conn
         self.spec = spec
         self.ring = ring
@@ -327,7 +327,7 @@ class Worker:
 
 
 def worker_main(
-    conn: Connection,
+    conn: Conn,
     spec: WorkerSpec,
     parent_pid: int,
     close_fds: list[int],
@@ -376,7 +376,7 @@ def worker_main(
         loop.close()
 
 
-def _report_setup_failure(conn: Connection, exc: BaseException) -> None:
+def _report_setup_failure(conn: Conn, exc: BaseException) -> None:
     """The user's traceback of setup_worker to the parent; to stderr, in one write, if the
     pipe is gone."""
     error, tb = describe_error(exc)

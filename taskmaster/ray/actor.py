@@ -20,13 +20,13 @@ import queue
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection
 from typing import Any, cast
 
 import ray
 
 from taskmaster.core.events import BatchDone, BatchUnreadable, TaskSent
 from taskmaster.errors import describe_error
+from taskmaster.local.child import Conn
 from taskmaster.local.worker import Worker, WorkerSpec
 
 Result = BatchDone | BatchUnreadable
@@ -45,7 +45,7 @@ class _CallWorker(Worker):
     """A Worker whose results are a method call's return value instead of a pipe message."""
 
     def __init__(self, spec: WorkerSpec) -> None:
-        super().__init__(cast(Connection, None), spec)
+        super().__init__(cast(Conn, None), spec)
 
     def send(self, event: object) -> None:
         _result.set(cast(Result, event))
