@@ -9,10 +9,12 @@
 It is a :class:`~taskmaster.core.events.Transport` like the local one, so the coordinator
 applies the same rules to remote batches: retries, failures, the watermark, the window.
 The :class:`~taskmaster.remote.roster.Roster` decides which results count and which slaves are
-lost; this module does the sockets: every frame is checked by :mod:`taskmaster.remote.frames`
-before anything in it is parsed, heartbeats go out every ``heartbeat_timeout / 5``, and a
-slave silent for ``heartbeat_timeout`` is lost. The master never unpickles: results are
-JSON, and job payloads only pass through.
+lost, and the :class:`~taskmaster.remote.master_inbox.MasterInbox` what each message from a
+slave means; this module does the sockets: every frame is checked by
+:mod:`taskmaster.remote.frames` before anything in it is parsed (and before the inbox sees
+it), heartbeats go out every ``heartbeat_timeout / 5``, and a slave silent for
+``heartbeat_timeout`` is lost. The master never unpickles: results are JSON, and job
+payloads only pass through.
 
 Identities: the ROUTER socket gives each connection a routing id of its own (no handover;
 the slave cannot choose it). A slave is bound to the connection it joined on: a frame that
@@ -37,8 +39,9 @@ from taskmaster.core.pull import BATCH_SECONDS
 from taskmaster.errors import UsageError
 from taskmaster.remote import curve, frames
 from taskmaster.remote.curve import CurveKeys
-from taskmaster.remote.protocol import Body, MalformedBody, result_event, status_of
-from taskmaster.remote.roster import Roster, SlaveRecord
+from taskmaster.remote.master_inbox import MasterInbox
+from taskmaster.remote.protocol import MalformedBody
+from taskmaster.remote.roster import Roster
 from taskmaster.remote.sockets import readable, router_socket
 
 HEARTBEATS_PER_TIMEOUT = 5
@@ -87,11 +90,14 @@ class ZmqMasterTransport:
         self._auth: ThreadAuthenticator | None = None
         self._last_beat = 0.0
         self._next_hint = 0.0
-        self._closing = False
-        self._kill = False
-        self._finished = False
-        self._farewell_started = False  # from then on, a slave that says hello is told to stop
-        self._awaiting_bye: set[str] = set()  # senders told to stop, until they say goodbye
+        welcome: dict[str, object] = {
+            "heartbeat": self.beat_every,
+            "timeout": config.heartbeat_timeout,
+            "target": config.target,
+        }
+        self._inbox = MasterInbox(
+            self.run_id, self.roster, self._tell, welcome, log, self._limited, clock
+        )
 
     @property
     def beat_every(self) -> float:
@@ -121,7 +127,7 @@ class ZmqMasterTransport:
         self.log(f"listening on {self.cfg.address} for slaves{how} (run {self.run_id})")
 
     def free_slots(self) -> int:
-        return 0 if self._closing else self.roster.free_slots()
+        return 0 if self._inbox.closing else self.roster.free_slots()
 
     def send(self, task: TaskSent) -> None:
         slave = self.roster.most_free()
@@ -158,8 +164,7 @@ class ZmqMasterTransport:
 
     def close(self, kill: bool = False) -> None:
         """No more batches go out. The socket stays open for :meth:`farewell`."""
-        self._closing = True
-        self._kill = self._kill or kill
+        self._inbox.close(kill)
 
     # -- after the run --------------------------------------------------------------------
 
@@ -171,17 +176,14 @@ class ZmqMasterTransport:
         jobs this run gave them. The master waits for the goodbyes because a slave drops
         what it has not read yet when the connection closes (its socket is IMMEDIATE).
         """
-        self._closing = True
+        self._inbox.close(kill=False)
         if self._sock is None or self._ctx is None:
             return
-        self._finished = finished
-        self._farewell_started = True
-        for slave in list(self.roster.slaves.values()):
-            self._send_stop(slave.sender, slave.routing)
+        self._inbox.tell_the_end(finished)
         start = self.clock()
         deadline, latecomers = start + FAREWELL_SECONDS, start + LATECOMER_SECONDS
         # Finished: a slave that says hello now (it connected a moment too late) hears so.
-        while (self._awaiting_bye and self.clock() < deadline) or (
+        while (self._inbox.awaiting_bye and self.clock() < deadline) or (
             finished and self.clock() < latecomers
         ):
             if self._sock.poll(50):
@@ -195,14 +197,6 @@ class ZmqMasterTransport:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
-
-    def _send_stop(self, sender: str, routing: bytes, nonce: str | None = None) -> None:
-        """``nonce``: to a slave not in this run, which only believes a stop for its hello."""
-        body: dict[str, object] = {"finished": self._finished, "kill": self._kill}
-        if nonce is not None:
-            body["nonce"] = nonce
-        if self._send_to(routing, self._sealer.seal("stop", self.run_id, body, to=sender)):
-            self._awaiting_bye.add(sender)
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -256,107 +250,9 @@ class ZmqMasterTransport:
             self._limited("replay", f"dropped a replayed frame from {peer}")
             return
         try:
-            self._dispatch(msg, routing, peer, events)
+            self._inbox.handle(msg, routing, peer, events)
         except MalformedBody as exc:
             self._limited("body", f"dropped a {msg.kind!r} frame from {peer}: {exc}")
-
-    def _dispatch(
-        self, msg: frames.Message, routing: bytes, peer: str, events: list[Event]
-    ) -> None:
-        if msg.kind == "hello":
-            self._on_hello(msg, routing)
-            return
-        slave = self.roster.slaves.get(msg.sender)
-        if msg.kind == "bye":
-            self._awaiting_bye.discard(msg.sender)
-        if msg.run != self.run_id:
-            # From a slave of an earlier master (this one restarted): it must say hello again.
-            if msg.kind != "bye":
-                self._send_to(routing, self._seal("rejoin", msg.sender))
-            return
-        if slave is not None:
-            slave.last_seen = self.clock()
-        body = Body(msg.body)
-        if msg.kind in ("done", "unreadable", "timed_out", "worker_lost"):
-            self._on_result(slave, msg.sender, routing, msg.kind, body, events)
-        if msg.kind == "bye":
-            if slave is not None:
-                self._on_bye(slave, events)
-            return
-        slave = slave or self._admit(msg.sender, routing, peer)
-        if slave is None:
-            return
-        lost = self.roster.status(slave, *status_of(body))
-        if lost is not None:
-            events.append(lost)
-        if msg.kind == "leave" and not slave.leaving:
-            slave.leaving = True
-            self._send_to(routing, self._seal("leave_ok", slave.sender))
-            self.log(f"{slave.name} is leaving once its {len(slave.assigned)} batches are done")
-
-    def _admit(self, sender: str, routing: bytes, peer: str) -> SlaveRecord | None:
-        """A slave's first frame in this run (after its hello, or back after being lost)."""
-        if self._closing:
-            return None  # it joins the next master, or hears of the end on its next hello
-        slave = self.roster.join(sender, routing, peer, self.clock())
-        self.log(f"{slave.name} joined from {peer}")
-        return slave
-
-    def _on_hello(self, msg: frames.Message, routing: bytes) -> None:
-        body = Body(msg.body)
-        nonce = body.text("nonce")
-        known = self.roster.slaves.get(msg.sender)
-        if known is not None and known.routing == routing:  # it lost touch with us but is alive
-            known.last_seen = self.clock()
-        if self._closing:
-            if self._farewell_started and self._finished:
-                self._send_stop(msg.sender, routing, nonce)  # a latecomer learns of the end
-            return
-        self.roster.hello(msg.sender, body)
-        welcome = {
-            "nonce": nonce,
-            "heartbeat": self.beat_every,
-            "timeout": self.cfg.heartbeat_timeout,
-            "target": self.cfg.target,
-        }
-        self._send_to(routing, self._seal("welcome", msg.sender, welcome))
-
-    def _on_result(
-        self,
-        slave: SlaveRecord | None,
-        sender: str,
-        routing: bytes,
-        kind: str,
-        body: Body,
-        events: list[Event],
-    ) -> None:
-        if kind == "worker_lost":
-            if slave is not None:  # else the slave was lost: its batches were sent again
-                events.append(self.roster.worker_lost(slave, body))
-            return
-        task_id = body.integer("task")
-        event = result_event(kind, task_id, body)  # a malformed body fails before any change
-        if kind == "timed_out":  # the WorkerLost that follows closes the assignment
-            if self.roster.holds(slave, task_id):
-                events.append(event)
-            return
-        taken = self.roster.take_result(slave, sender, routing, task_id)
-        if taken is None:
-            self._limited(
-                "unassigned",
-                f"dropped a result for batch {task_id}, which is not assigned to its sender",
-            )
-            return
-        if taken == "late":
-            self.log(f"a late result for batch {task_id} from a lost slave: already sent again")
-        events.append(event)
-
-    def _on_bye(self, slave: SlaveRecord, events: list[Event]) -> None:
-        if slave.assigned:
-            events.append(self.roster.lose(slave, "left while holding batches"))
-        else:
-            del self.roster.slaves[slave.sender]
-            self.log(f"{slave.name} left")
 
     # -- liveness and the rest ------------------------------------------------------------
 
@@ -365,8 +261,8 @@ class ZmqMasterTransport:
         if now - self._last_beat >= self.beat_every:
             self._last_beat = now
             for slave in list(self.roster.slaves.values()):
-                self._send_to(slave.routing, self._seal("heartbeat", slave.sender))
-            if not self.roster.slaves and not self._closing and now >= self._next_hint:
+                self._tell(slave.routing, "heartbeat", slave.sender)
+            if not self.roster.slaves and not self._inbox.closing and now >= self._next_hint:
                 self._next_hint = now + LONELY_HINT_EVERY
                 self.log(f"no slave connected yet; start some with: {self._slave_command()}")
         limit = self.cfg.heartbeat_timeout
@@ -382,8 +278,11 @@ class ZmqMasterTransport:
         curve_flag = "" if self.cfg.curve else " --no-curve"
         return f"tm-slave {module} --address tcp://{host}:{port}{curve_flag}"
 
-    def _seal(self, kind: str, to: str, body: dict[str, object] | None = None) -> list[bytes]:
-        return self._sealer.seal(kind, self.run_id, body, to=to)
+    def _tell(
+        self, routing: bytes, kind: str, to: str, body: dict[str, object] | None = None
+    ) -> bool:
+        """Seal a ``kind`` frame of this run for the slave ``to``; whether the socket took it."""
+        return self._send_to(routing, self._sealer.seal(kind, self.run_id, body, to=to))
 
     def _send_to(self, routing: bytes, frame: list[bytes]) -> bool:
         assert self._sock is not None
@@ -413,4 +312,4 @@ class ZmqMasterTransport:
             f"speaks {exc.version}: install the same taskmaster version on every host"
         )
         self._limited("version", f"refused a slave: {reason}")
-        self._send_to(routing, self._seal("refused", exc.sender, {"reason": reason}))
+        self._tell(routing, "refused", exc.sender, {"reason": reason})

@@ -4,10 +4,12 @@
 
     tm-master ==DEALER==> Slave (this process, a bridge) --pipes--> forked workers x threads
 
-The slave checks every frame's signature, forwards batches into a
-:class:`~taskmaster.local.transport.LocalTransport` (the same forked workers as tm-run,
-so a job that segfaults kills a worker, not the connection) and sends the results back as JSON. It
-unpickles nothing itself: its workers decode the jobs, after the signature was checked.
+The slave checks every frame's signature (the
+:class:`~taskmaster.remote.slave_inbox.SlaveInbox` acts on those that pass), forwards
+batches into a :class:`~taskmaster.local.transport.LocalTransport` (the same forked workers
+as tm-run, so a job that segfaults kills a worker, not the connection) and sends the
+results back as JSON. It unpickles nothing itself: its workers decode the jobs, after the
+signature was checked.
 
 Sessions: the slave says hello with a fresh nonce; the master's welcome echoes the nonce
 and names its run id, and from then on only frames of that run count. When the master goes
@@ -37,15 +39,15 @@ from typing import Any
 
 import zmq
 
-from taskmaster.core.events import Event, JobTimedOut, TaskSent, WorkerLost
+from taskmaster.core.events import Event, JobTimedOut, WorkerLost
 from taskmaster.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from taskmaster.local.signals import counting_signals
 from taskmaster.local.transport import LocalTransport
 from taskmaster.remote import curve, frames
 from taskmaster.remote.curve import CurveKeys
-from taskmaster.remote.protocol import Body, MalformedBody, result_body, status_body
+from taskmaster.remote.protocol import MalformedBody, result_body, status_body
+from taskmaster.remote.slave_inbox import SlaveExit, SlaveInbox
 from taskmaster.remote.sockets import dealer_socket, readable
-from taskmaster.store import codec
 
 HELLO_EVERY = 0.5
 HELLO_UNSENT = 0.05
@@ -60,14 +62,6 @@ class SlaveConfig:
     retries: int = 8  # attempts after the first, each after a longer pause
     curve: CurveKeys | None = None  # encrypt, and talk only to the master's key (--no-curve: None)
     finished_fd: int | None = None  # tm-spawn's pipe: end-of-file once a sibling finished
-
-
-class SlaveExit(Exception):
-    """Ends the slave with an exit code and a last word."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class Slave:
@@ -101,7 +95,6 @@ class Slave:
         self.next_hello = 0.0
         self.welcomed = False
         self.tasks: dict[int, tuple[str, int]] = {}  # local task id -> (run, master task id)
-        self._next_local = 0
         # (kind, run, body) in order; sealed only when sent, so seqs reach the master in order
         self.outbox: collections.deque[tuple[str, str | None, dict[str, Any]]] = collections.deque()
         self.last_sent = 0.0
@@ -109,6 +102,7 @@ class Slave:
         self.leave_acked = False
         self.interrupts = 0
         self._sock: zmq.Socket[bytes] | None = None
+        self._inbox = SlaveInbox(self)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -122,7 +116,7 @@ class Slave:
         try:
             sock.connect(self.cfg.address)
             with counting_signals() as (sig_fd, count):
-                self._seek(f"connecting to {self.cfg.address}")
+                self.seek(f"connecting to {self.cfg.address}")
                 return self._loop(sig_fd, count)
         except SlaveExit as exc:
             self.log(str(exc))
@@ -140,7 +134,7 @@ class Slave:
         while True:
             now = self.clock()
             self._timers(now)
-            self._flush()
+            self.flush()
             code = self._leave_done()
             if code is not None:
                 return code
@@ -177,11 +171,11 @@ class Slave:
                 # Unsent, it cost nothing (no connection yet): try again soon after one opens.
                 self.next_hello = now + (HELLO_EVERY if sent else HELLO_UNSENT)
         elif now - self.heard > self.silence:
-            self._seek(f"the master went silent for {self.silence:g} s; looking for it again")
+            self.seek(f"the master went silent for {self.silence:g} s; looking for it again")
         elif now - self.last_sent >= self.beat and not self.outbox:
-            self._queue("status")
+            self.queue("status")
 
-    def _seek(self, why: str) -> None:
+    def seek(self, why: str) -> None:
         self.log(why)
         now = self.clock()
         self.seeking = True
@@ -215,7 +209,7 @@ class Slave:
         held = [m for run, m in self.tasks.values() if run == self.run_id]
         return status_body(self.ack, max(0, self.local.free_slots()), held)
 
-    def _queue(self, kind: str, body: dict[str, Any] | None = None) -> None:
+    def queue(self, kind: str, body: dict[str, Any] | None = None) -> None:
         """Send in order, behind earlier results, with the status as of now."""
         full = dict(body or {})
         if kind != "bye":
@@ -223,7 +217,7 @@ class Slave:
         self.outbox.append((kind, self.run_id, full))
         self.last_sent = self.clock()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         while self.outbox:
             # Sealed now, not when queued: a hello sent meanwhile must not get a lower seq
             # than a frame that leaves after it, or the master would drop that as a replay.
@@ -251,7 +245,7 @@ class Slave:
         if entry is None or entry[0] != self.run_id:
             return  # a batch of an earlier master: nobody waits for its result
         kind, body = result_body(event, entry[1])
-        self._queue(kind, body)
+        self.queue(kind, body)
 
     def _on_worker_lost(self, event: WorkerLost) -> None:
         detail = f":\n{textwrap.indent(event.detail.rstrip(), '    ')}" if event.detail else ""
@@ -267,7 +261,7 @@ class Slave:
                     queued.append(entry[1])
         if self.run_id is not None:
             body = {"tasks": mine, "queued": queued, "worker": event.worker_id}
-            self._queue("worker_lost", {**body, "pid": event.pid, "reason": event.reason})
+            self.queue("worker_lost", {**body, "pid": event.pid, "reason": event.reason})
 
     # -- from the master ------------------------------------------------------------------
 
@@ -305,7 +299,7 @@ class Slave:
             self._limited("replay", "dropped a replayed frame")
             return
         try:
-            self._on_message(msg)
+            self._inbox.handle(msg)
         except MalformedBody as exc:
             self._limited("body", f"dropped a {msg.kind!r} frame from the master: {exc}")
 
@@ -317,77 +311,13 @@ class Slave:
             f"${frames.SECRET_ENV}"
         )
 
-    def _on_message(self, msg: frames.Message) -> None:
-        body = Body(msg.body)
-        if msg.kind == "refused":
-            raise SlaveExit(EXIT_USAGE, f"the master refused this slave: {body.text('reason')}")
-        if msg.kind == "welcome":
-            if self.seeking and body.text("nonce") == self.nonce:
-                self._on_welcome(msg, body)
-            return
-        if msg.kind == "rejoin":
-            if not self.seeking:
-                self._seek("the master does not know this slave (it restarted?); joining again")
-            return
-        if msg.kind == "stop" and self.seeking and body.text("nonce", "") == self.nonce:
-            self._on_stop(body)  # the answer to our hello: the run ended before we joined
-            return
-        if msg.run != self.run_id or self.run_id is None:
-            return  # from another run of the master: stale
-        self.heard = self.clock()
-        self.ack = msg.seq
-        if msg.kind == "task":
-            self._on_task(msg, body)
-        elif msg.kind == "leave_ok":
-            self.leave_acked = True
-        elif msg.kind == "stop":
-            self._on_stop(body)
-
-    def _on_welcome(self, msg: frames.Message, body: Body) -> None:
-        if msg.run != self.run_id:
-            if self.run_id is not None:
-                self.outbox.clear()  # results for the earlier master: nobody wants them
-            verb = "joined" if not self.welcomed else "joined a new"
-            self.log(f"{verb} master at {self.cfg.address} (run {msg.run})")
-        else:
-            self.log(f"back in touch with the master at {self.cfg.address}")
-        self.run_id, self.ack = msg.run, msg.seq
-        self.welcomed, self.seeking = True, False
-        self.beat = max(0.05, body.number("heartbeat"))
-        self.silence = max(self.beat, body.number("timeout"))
-        self.heard = self.clock()
-        self._queue("leave" if self.leaving else "status")
-
-    def _on_task(self, msg: frames.Message, body: Body) -> None:
-        name = body.text("codec")
-        if name not in codec.NAMES:
-            raise MalformedBody(f"unknown codec {name!r}")
-        assert self.run_id is not None
-        self._next_local += 1
-        self.tasks[self._next_local] = (self.run_id, body.integer("task"))
-        task = TaskSent(
-            self._next_local, body.integer("first"), body.integer("count"), name, msg.payload
-        )
-        self.local.send(task)
-
-    def _on_stop(self, body: Body) -> None:
-        self._queue("bye")  # the master waits for it before it closes
-        if body.flag("finished"):
-            self._flush()
-            raise SlaveExit(EXIT_OK, "the master finished the run; leaving")
-        if body.flag("kill"):
-            for local_id, (run, _) in list(self.tasks.items()):
-                if run == self.run_id:
-                    self.local.kill_worker_holding(local_id)
-        self._seek("the master stopped before the run finished; waiting for it to come back")
-
     # -- Ctrl-C ---------------------------------------------------------------------------
 
     def _on_interrupt(self, count: int) -> None:
         self.interrupts = count
         if count >= 2:
-            self._queue("bye")
-            self._flush()
+            self.queue("bye")
+            self.flush()
             raise SlaveExit(EXIT_INTERRUPTED, "stopped at once; the master runs its jobs again")
         self.leaving = True
         if self.seeking:
@@ -397,7 +327,7 @@ class Slave:
             f"stopping: finishing the {held} batches in hand, then leaving "
             "(press Ctrl-C again to stop at once)"
         )
-        self._queue("leave")
+        self.queue("leave")
 
     def _leave_done(self) -> int | None:
         if not self.leaving:
@@ -406,8 +336,8 @@ class Slave:
             raise SlaveExit(EXIT_INTERRUPTED, "stopped: the master is gone")
         mine = any(run == self.run_id for run, _ in self.tasks.values())
         if self.leave_acked and not mine and not self.outbox:
-            self._queue("bye")
-            self._flush()
+            self.queue("bye")
+            self.flush()
             self.log("left the master after finishing its jobs")
             return EXIT_INTERRUPTED
         return None
