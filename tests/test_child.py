@@ -105,3 +105,23 @@ def test_frames_written_by_conn_are_read_whole_by_the_parent() -> None:
     assert got == [bytes([n % 251]) * n for n in sizes]
     parent.close()
     child.close()
+
+
+def _put_on(q: object) -> None:
+    q.put("from the child")  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(20)
+def test_a_multiprocessing_queue_made_before_the_fork_works_in_the_child() -> None:
+    import multiprocessing
+
+    q = multiprocessing.get_context("fork").Queue()
+    q.put("from the parent")  # its feeder thread now runs in the parent
+    assert q.get(timeout=5) == "from the parent"
+    child = _started(_put_on, q)
+    child.join(timeout=10)
+    assert child.exitcode == 0
+    assert q.get(timeout=5) == "from the child"
+    child.close()
+    q.close()
+    q.join_thread()

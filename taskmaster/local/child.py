@@ -8,7 +8,9 @@ took about 18 ms of a run's start-up, a tenth of it; these few lines do the same
 The child behaves as a ``multiprocessing`` fork child does: stdin is ``/dev/null``, an
 exception that escapes the target prints its traceback and exits 1, ``sys.exit(n)`` exits
 n, non-daemon threads are waited for, stdout and stderr are flushed, and it leaves by
-``os._exit``, so the parent's atexit handlers and buffers never run twice.
+``os._exit``, so the parent's atexit handlers and buffers never run twice. If the user's code
+loaded ``multiprocessing``, its after-fork hooks and exit finalizers run as in its own
+children, so a ``multiprocessing.Queue`` made in the parent works in a worker.
 """
 
 from __future__ import annotations
@@ -102,10 +104,20 @@ class Child:
             self.sentinel = -1
 
 
+def _after_fork_of_multiprocessing() -> None:
+    """What a ``multiprocessing`` fork child does first, if the user's code loaded it (a
+    ``multiprocessing.Queue`` made in the parent resets its feeder thread this way)."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util._finalizer_registry.clear()
+        util._run_after_forkers()
+
+
 def _run_child(target: Callable[..., Any], args: tuple[Any, ...]) -> int:
     """The child's life: its exit code, as a ``multiprocessing`` child would have it."""
     code = 1
     try:
+        _after_fork_of_multiprocessing()
         if sys.stdin is not None:
             try:
                 sys.stdin.close()
@@ -127,6 +139,9 @@ def _run_child(target: Callable[..., Any], args: tuple[Any, ...]) -> int:
     finally:
         try:
             threading._shutdown()  # type: ignore[attr-defined]  # non-daemon threads
+            util = sys.modules.get("multiprocessing.util")
+            if util is not None:
+                util._exit_function()  # e.g. a multiprocessing.Queue's feeder flushes
         except BaseException:
             traceback.print_exc()
         for stream in (sys.stdout, sys.stderr):
