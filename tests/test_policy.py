@@ -377,3 +377,18 @@ def test_an_explicit_retry_delay_is_kept_during_an_outage() -> None:
     coord.step()
     assert coord.policy.outage
     assert {t.not_before - clock.now for _, _, t in coord.queue.delayed} == {0.5}
+
+
+@pytest.mark.timeout(10)
+def test_a_transport_notice_is_shown_and_changes_nothing_else() -> None:
+    from taskmaster.core.events import Notice
+
+    coord, transport, clock, books = make(n=16, slots=2, batch_size=4)
+    turn(coord, clock)
+    held_before = sizes(transport)
+    transport.events.append(Notice("no Ray actor placed"))
+    turn(coord, clock)
+    assert books.messages[-1] == "no Ray actor placed"
+    assert sizes(transport) == held_before  # nothing resent, nothing charged
+    finish(coord, transport, clock)
+    assert coord.stop is None and coord.ledger.done == 16 and not books.failures

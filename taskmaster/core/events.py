@@ -82,7 +82,15 @@ class Stop:
     """Tells a worker to finish what it holds and exit."""
 
 
-Event = BatchDone | BatchUnreadable | JobTimedOut | WorkerLost
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something the user should know that no rule acts on, from the transport: e.g. that
+    no Ray actor could be placed for a while. The coordinator shows it as a message."""
+
+    text: str
+
+
+Event = BatchDone | BatchUnreadable | JobTimedOut | WorkerLost | Notice
 
 
 class Transport(Protocol):

@@ -34,6 +34,7 @@ from taskmaster.core.events import (
     BatchUnreadable,
     Event,
     JobTimedOut,
+    Notice,
     TaskSent,
     Transport,
     WorkerLost,
@@ -91,9 +92,8 @@ class Coordinator:
         self.clock = clock
         self.counters = Counters()
         self.queue = TaskQueue()
-        self.memory = MemoryFailures() if failure_sink is None else None
-        sink = failure_sink if failure_sink is not None else self.memory
-        assert sink is not None
+        sink = MemoryFailures() if failure_sink is None else failure_sink
+        self.memory = sink if failure_sink is None and isinstance(sink, MemoryFailures) else None
         extra = {} if rng is None else {"rng": rng}
         self.policy = Policy(
             options,
@@ -274,6 +274,8 @@ class Coordinator:
             self.policy.on_timed_out(event)
         elif isinstance(event, BatchUnreadable):
             self.policy.on_unreadable(event)
+        elif isinstance(event, Notice):
+            self.reporter.message(event.text)
 
     # -- checkpoint and stats --------------------------------------------------------------
 

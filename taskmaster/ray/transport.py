@@ -27,7 +27,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-from taskmaster.core.events import Event, JobTimedOut, TaskSent, WorkerLost
+from taskmaster.core.events import Event, JobTimedOut, Notice, TaskSent, WorkerLost
 from taskmaster.local.worker import WorkerSpec
 from taskmaster.ray.actor import actor_class
 from taskmaster.ray.cluster import describe_death, disconnect
@@ -35,6 +35,7 @@ from taskmaster.ray.cluster import describe_death, disconnect
 SLICE = 0.05  # seconds per ray.wait between looks at the wake fds
 STOP_TIMEOUT = 30.0  # seconds for teardown_worker at a polite close
 DEATH_TIMEOUT = 10.0  # seconds to wait at close for killed actors to be gone
+UNPLACED_NOTICE = 30.0  # seconds with no actor taking batches before the user is told why
 HARVEST_WAIT = 2.0  # seconds for a dead actor's calls to resolve (see _harvest)
 GIL_GRACE = 5.0  # seconds past --job-timeout an actor may take to answer "which jobs are late?"
 
@@ -98,8 +99,11 @@ class RayTransport:
         self._next_probe = 0.0
         self._opened = False  # an actor started during this wait: it has free slots
         self._acks: dict[int, list[int]] = {}  # worker_id -> one-job call numbers read
+        self._unplaced_since: float | None = None  # since when no actor takes batches
+        self._told_unplaced = False
 
     def start(self) -> None:
+        self._unplaced_since = time.monotonic()
         for _ in range(self.n_workers):
             self._spawn()
 
@@ -137,6 +141,7 @@ class RayTransport:
         events: list[Event] = []
         while True:
             self._watch_timeouts(events)
+            self._notice_unplaced(events)
             left = SLICE if deadline is None else max(0.0, min(SLICE, deadline - time.monotonic()))
             refs = list(self._refs)
             if refs:
@@ -155,6 +160,29 @@ class RayTransport:
             ):
                 self._opened = False
                 return events
+
+    def _notice_unplaced(self, events: list[Event]) -> None:
+        """Say once why nothing runs when no actor has taken batches for UNPLACED_NOTICE s:
+        Ray has placed none of them (no free CPU for any, say, or every node lost)."""
+        if self._open():
+            self._unplaced_since, self._told_unplaced = None, False
+            return
+        now = time.monotonic()
+        if self._unplaced_since is None:
+            self._unplaced_since = now
+        if self._told_unplaced or now - self._unplaced_since < UNPLACED_NOTICE:
+            return
+        self._told_unplaced = True
+        waiting = sum(1 for a in self._actors.values() if not a.started)
+        need = self._options["num_cpus"]
+        events.append(
+            Notice(
+                f"no Ray actor has taken a batch for {UNPLACED_NOTICE:.0f} s: Ray has placed "
+                f"none of the {waiting} actors started (each needs {need:g} CPU), so nothing "
+                "runs. The run goes on once Ray places one; `ray status` shows the cluster's "
+                "free CPUs. Ctrl-C stops the run (what did not run stays for --resume)."
+            )
+        )
 
     def _take_all(self, ready: list[Any], events: list[Event]) -> None:
         """Results of finished calls: one ray.get for all, each alone if one raised."""

@@ -39,7 +39,7 @@ from typing import Any
 
 import zmq
 
-from taskmaster.core.events import Event, JobTimedOut, WorkerLost
+from taskmaster.core.events import Event, JobTimedOut, Notice, WorkerLost
 from taskmaster.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from taskmaster.local.signals import counting_signals
 from taskmaster.local.transport import LocalTransport
@@ -238,6 +238,9 @@ class Slave:
     def _on_local(self, event: Event) -> None:
         if isinstance(event, WorkerLost):
             self._on_worker_lost(event)
+            return
+        if isinstance(event, Notice):
+            self.log(event.text)
             return
         entry = self.tasks.get(event.task_id)
         if not isinstance(event, JobTimedOut):
