@@ -162,8 +162,8 @@ class RayTransport:
                 return events
 
     def _notice_unplaced(self, events: list[Event]) -> None:
-        """Say once why nothing runs when no actor has taken batches for UNPLACED_NOTICE s:
-        Ray has placed none of them (no free CPU for any, say, or every node lost)."""
+        """Say once why nothing runs when no actor has been open for UNPLACED_NOTICE s: Ray
+        placed none (no free CPU for any, every node lost), or their start is slow."""
         if self._open():
             self._unplaced_since, self._told_unplaced = None, False
             return
@@ -177,10 +177,11 @@ class RayTransport:
         need = self._options["num_cpus"]
         events.append(
             Notice(
-                f"no Ray actor has taken a batch for {UNPLACED_NOTICE:.0f} s: Ray has placed "
-                f"none of the {waiting} actors started (each needs {need:g} CPU), so nothing "
-                "runs. The run goes on once Ray places one; `ray status` shows the cluster's "
-                "free CPUs. Ctrl-C stops the run (what did not run stays for --resume)."
+                f"none of the {waiting} Ray actors has started in {UNPLACED_NOTICE:.0f} s, so "
+                f"nothing runs: Ray has not placed them (each needs {need:g} CPU; `ray status` "
+                "shows the cluster's free CPUs), or they are still starting (shipping the job "
+                "module, imports, setup_worker). The run goes on once one starts; Ctrl-C stops "
+                "it (what did not run stays for --resume)."
             )
         )
 
