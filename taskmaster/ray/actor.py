@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
-import queue
 import sys
-import threading
 import time
 from typing import Any, cast
 
@@ -28,6 +26,7 @@ from taskmaster.core.events import BatchDone, BatchUnreadable, TaskSent
 from taskmaster.errors import describe_error
 from taskmaster.local.child import Conn
 from taskmaster.local.worker import Worker, WorkerSpec
+from taskmaster.ray.gate import StartGate
 
 Result = BatchDone | BatchUnreadable
 
@@ -103,48 +102,23 @@ class TaskmasterActor:
         _setup(spec)
         self.spec = spec
         self.worker = _CallWorker(spec)
-        self.slots: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for slot in range(spec.threads):
-            self.slots.put(slot)
-        self.turn = 0  # the number of the next batch allowed to start
-        self.order = threading.Condition()
-        self.unread: set[int] = set()  # finished one-job batches the parent has not acked
-        self.acks = threading.Condition()
+        self.gate = StartGate(spec.threads)
 
     @ray.method(concurrency_group="control")
     def ready(self) -> tuple[int, str, str]:
         return _where()
 
     def run(self, number: int, task: TaskSent) -> Result:
-        with self.order:  # start in the parent's order, so "not started" is knowable
-            self.order.wait_for(lambda: self.turn == number)
-            slot = self.slots.get()  # waits while `threads` batches run
-            with self.acks:  # see ack
-                self.acks.wait_for(lambda: not self.unread)
-            self.turn += 1
-            self.order.notify_all()
+        slot = self.gate.enter(number)  # in the parent's order: see taskmaster.ray.gate
         try:
             return self.worker.call(task, slot)
         finally:
-            if task.count == 1:
-                with self.acks:
-                    self.unread.add(number)
-            self.slots.put(slot)
+            self.gate.leave(number, slot, task.count == 1)
 
     @ray.method(concurrency_group="control")
     def ack(self, numbers: list[int]) -> None:
-        """The parent has read the results of these one-job batches.
-
-        A method's result leaves the actor after the method returns, so a batch started
-        right after it could kill the actor with that result still inside, and the parent
-        would count the finished batch as the running one, charging its job for the death.
-        No batch starts while a one-job batch's result may still be inside, so a job is
-        charged only if it ran when the actor died (batches of several jobs are split, not
-        charged, so they need no ack).
-        """
-        with self.acks:
-            self.unread.difference_update(numbers)
-            self.acks.notify_all()
+        """The parent has read the results of these one-job batches (see StartGate)."""
+        self.gate.ack(numbers)
 
     @ray.method(concurrency_group="control")
     def late(self, limit: float) -> list[tuple[int, int, float]]:
