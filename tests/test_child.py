@@ -65,14 +65,16 @@ def test_an_exception_exits_1_with_its_traceback(capfd: pytest.CaptureFixture[st
 @pytest.mark.timeout(20)
 def test_the_sentinel_reads_eof_when_it_is_killed_and_join_waits_no_longer() -> None:
     child = _started(_sleep)
-    poller = select.poll()
-    poller.register(child.sentinel, select.POLLIN)
-    assert poller.poll(100) == []  # alive: nothing to read
-    assert child.is_alive() and child.exitcode is None
-    child.join(timeout=0.1)  # times out, still alive
-    assert child.is_alive()
     assert child.pid is not None
-    os.kill(child.pid, signal.SIGKILL)
+    try:
+        poller = select.poll()
+        poller.register(child.sentinel, select.POLLIN)
+        assert poller.poll(100) == []  # alive: nothing to read
+        assert child.is_alive() and child.exitcode is None
+        child.join(timeout=0.1)  # times out, still alive
+        assert child.is_alive()
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # also when an assertion above failed
     assert poller.poll(10_000), "the sentinel never reported the death"
     assert os.read(child.sentinel, 1) == b""
     child.join(timeout=5)

@@ -31,6 +31,13 @@ def started(gate: StartGate, number: int) -> Runner:
     return runner
 
 
+def running(gate: StartGate, number: int) -> Runner:
+    """Batch ``number``, which the test expects to start at once."""
+    runner = started(gate, number)
+    assert runner.entered.wait(5), f"batch {number} did not start"
+    return runner
+
+
 @pytest.mark.timeout(10)
 def test_batches_start_in_the_parents_order() -> None:
     gate = StartGate(threads=2)
@@ -44,8 +51,7 @@ def test_batches_start_in_the_parents_order() -> None:
 @pytest.mark.timeout(10)
 def test_at_most_threads_batches_run_at_once() -> None:
     gate = StartGate(threads=1)
-    first = started(gate, 0)
-    assert first.entered.wait(5)
+    first = running(gate, 0)
     second = started(gate, 1)
     assert not second.entered.wait(SETTLE)
     gate.leave(0, first.slot, one_job=False)  # several jobs: no ack needed
@@ -55,8 +61,7 @@ def test_at_most_threads_batches_run_at_once() -> None:
 @pytest.mark.timeout(10)
 def test_no_batch_starts_until_a_finished_one_job_result_is_acked() -> None:
     gate = StartGate(threads=2)
-    first = started(gate, 0)
-    assert first.entered.wait(5)
+    first = running(gate, 0)
     gate.leave(0, first.slot, one_job=True)  # its result may still be inside the actor
     second = started(gate, 1)
     assert not second.entered.wait(SETTLE), "a batch started before the one-job result was read"
@@ -67,10 +72,8 @@ def test_no_batch_starts_until_a_finished_one_job_result_is_acked() -> None:
 @pytest.mark.timeout(10)
 def test_a_running_batch_does_not_hold_the_next_back() -> None:
     gate = StartGate(threads=2)
-    first = started(gate, 0)
-    assert first.entered.wait(5)
-    second = started(gate, 1)  # batch 0 still runs (one job, not finished): no ack pending
-    assert second.entered.wait(5)
+    first = running(gate, 0)
+    second = running(gate, 1)  # batch 0 still runs (one job, not finished): no ack pending
     gate.leave(1, second.slot, one_job=True)
     gate.leave(0, first.slot, one_job=True)
     third = started(gate, 2)

@@ -44,9 +44,6 @@ class Conn:
             self._sock.sendall(head)
             self._sock.sendall(data)
 
-    def close(self) -> None:
-        self._sock.close()
-
 
 class Child:
     """A forked process running ``target(*args)``; ``sentinel`` reads EOF once it exits."""

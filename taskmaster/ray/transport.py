@@ -99,11 +99,10 @@ class RayTransport:
         self._next_probe = 0.0
         self._opened = False  # an actor started during this wait: it has free slots
         self._acks: dict[int, list[int]] = {}  # worker_id -> one-job call numbers read
-        self._unplaced_since: float | None = None  # since when no actor takes batches
+        self._unplaced_since: float | None = None  # since when no actor is open (first wait)
         self._told_unplaced = False
 
     def start(self) -> None:
-        self._unplaced_since = time.monotonic()
         for _ in range(self.n_workers):
             self._spawn()
 
