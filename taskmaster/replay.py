@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from taskmaster.core.code import JobCode
@@ -26,6 +25,7 @@ from taskmaster.core.stats import Reporter, RunStats
 from taskmaster.core.stop import exit_code
 from taskmaster.errors import UsageError
 from taskmaster.options import Options
+from taskmaster.record import replace
 from taskmaster.runner import Opened, QuietReporter, execute, failures_file_for, validate_options
 from taskmaster.store import checkpoint, codec
 from taskmaster.store.checkpoint import State

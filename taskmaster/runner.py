@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import gc
 import hashlib
 import json
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from taskmaster.core.code import JobCode
@@ -36,6 +36,7 @@ from taskmaster.local.signals import counting_signals
 from taskmaster.local.transport import LocalTransport
 from taskmaster.local.worker import WorkerSpec
 from taskmaster.options import Options
+from taskmaster.record import field, record, replace
 from taskmaster.store import checkpoint, failures
 from taskmaster.store.checkpoint import State, StateLock
 from taskmaster.store.durable import raise_open_file_limit
@@ -74,7 +75,7 @@ def describe_state(state: State) -> str:
 # -- the one run path ----------------------------------------------------------------------
 
 
-@dataclass
+@record(frozen=False)
 class Opened:
     """What a plan opened for a run: the source to pull, the books, where results go."""
 
@@ -141,6 +142,10 @@ def execute(
 def _drive(opened: Opened, transport: Transport, reporter: Reporter) -> RunStats:
     """Start the transport, open the source, and run the coordinator to its end."""
     ledger = opened.ledger
+    # What exists now (modules, the user's code, the opened state) lasts the whole run: frozen,
+    # the collector never walks it again, in the parent or in the workers forked from it (whose
+    # pages it then leaves shared), nor at the interpreter's exit.
+    gc.freeze()
     try:
         transport.start()  # fork before get_jobs runs, before any thread exists
         source = opened.make_source()

@@ -11,22 +11,22 @@ import datetime
 import fcntl
 import glob
 import os
-from dataclasses import dataclass, field
 
 from taskmaster.errors import TaskmasterError, UsageError
+from taskmaster.record import field, record
 from taskmaster.store import checkpoint, codec, durable
 from taskmaster.store.checkpoint import State, StateLock
 from taskmaster.store.failures import FailureRecord, read_records
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class FailureGroup:
     error_type: str
     count: int
     example: FailureRecord
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class Status:
     path: str
     state: State

@@ -9,15 +9,15 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from taskmaster.core.code import JobCode
 from taskmaster.errors import TargetError, UsageError
+from taskmaster.record import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Target:
     """The functions of a job module, and the name that identifies it in checkpoints."""
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from taskmaster.errors import UsageError
+from taskmaster.record import field, record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JobCode:
     """handle_job, handle_batch, setup_worker, teardown_worker and the run's KEY=VALUE.
 

@@ -6,13 +6,13 @@ only sees these classes. Exceptions cross as text, never as live objects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
+from taskmaster.record import record
 from taskmaster.store.failures import FailureKind
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskSent:
     """A batch of jobs for a worker: ``count`` jobs starting at ``first_seq``."""
 
@@ -23,7 +23,7 @@ class TaskSent:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JobFailed:
     index: int  # position in the batch
     error: str  # "Type: message"
@@ -31,7 +31,7 @@ class JobFailed:
     kind: FailureKind = FailureKind.RAISED
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BatchDone:
     """Every job of a batch ran; the ones in ``failures`` raised."""
 
@@ -40,7 +40,7 @@ class BatchDone:
     failures: tuple[JobFailed, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BatchUnreadable:
     """The worker could not decode the batch (a job's class failed to unpickle)."""
 
@@ -49,7 +49,7 @@ class BatchUnreadable:
     traceback: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JobTimedOut:
     """A job ran past --job-timeout; its worker is about to exit."""
 
@@ -58,7 +58,7 @@ class JobTimedOut:
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WorkerLost:
     """A worker is gone; the batches it held must run again.
 
@@ -77,12 +77,12 @@ class WorkerLost:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Stop:
     """Tells a worker to finish what it holds and exit."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Notice:
     """Something the user should know that no rule acts on, from the transport: e.g. that
     no Ray actor could be placed for a while. The coordinator shows it as a message."""

@@ -16,13 +16,13 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
+from taskmaster.record import field, record
 from taskmaster.store.checkpoint import ResolvedRange
 
 
-@dataclass(slots=True, eq=False)
+@record(frozen=False, eq=False)
 class Unit:
     """A contiguous run of jobs ``[start, start + len(jobs))`` pulled together."""
 
@@ -38,7 +38,7 @@ class Unit:
         return self.start + len(self.jobs)
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class Ledger:
     """Tracks open units, the watermark, and resolved ranges above it."""
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import random
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from taskmaster import failpoints
@@ -38,6 +37,7 @@ from taskmaster.core.stop import StopReason
 from taskmaster.core.tasks import Task, TaskQueue
 from taskmaster.errors import StateIOError
 from taskmaster.options import Options
+from taskmaster.record import record
 from taskmaster.store.failures import FailureKind, FailureRecord, make_record
 
 SETUP_FAILURES = 3  # workers in a row dying in setup_worker, with no batch done between
@@ -48,7 +48,7 @@ RETRY_DELAY = 0.1  # first retry delay unless --retry-delay says
 OUTAGE_DELAY = 8.0  # first retry delay during an outage: 8 + 16 s rides out a restart
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Failure:
     """One job of a task that failed: its index in the unit and why."""
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 from taskmaster.core.stop import Ending, StopReason
 from taskmaster.errors import EXIT_OK, GeneratorError
+from taskmaster.record import record
 from taskmaster.store.checkpoint import State
 from taskmaster.store.failures import FailureRecord
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class Snapshot:
     """What the progress display shows."""
 
@@ -39,7 +39,7 @@ class Snapshot:
         return max(0, self.total - self.done - self.failed) / self.rate
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RunStats:
     """What a run did; ``taskmaster.run`` returns it.
 
@@ -80,7 +80,7 @@ class RunStats:
         return Ending(self.stop, self.retry_failed, self.watermark, self.state_file)
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class Counters:
     """What the loop counts while it runs (RunStats is made from them at the end)."""
 

@@ -9,9 +9,9 @@ never from text.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 from taskmaster.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_IOERR
+from taskmaster.record import record
 
 
 class StopReason(enum.Enum):
@@ -60,7 +60,7 @@ _CAUSES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ending:
     """How a stopped run is told to the user."""
 

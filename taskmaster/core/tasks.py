@@ -5,12 +5,12 @@ from __future__ import annotations
 import collections
 import heapq
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from taskmaster.core.ledger import Unit
+from taskmaster.record import record
 
 
-@dataclass(slots=True, eq=False)
+@record(frozen=False, eq=False)
 class Task:
     """Jobs ``unit.jobs[lo:hi]``, on their ``attempt``-th run."""
 

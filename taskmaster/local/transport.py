@@ -22,7 +22,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from typing import cast
 
 from taskmaster.core.events import (
@@ -45,6 +44,7 @@ from taskmaster.local.worker import (
     WorkerSpec,
     worker_main,
 )
+from taskmaster.record import field, record, replace
 
 _CAUSES = {
     signal.SIGKILL: "the OOM killer, or someone ran kill -9",
@@ -89,7 +89,7 @@ _READ = select.POLLIN | select.POLLPRI
 _WRITE = select.POLLOUT
 
 
-@dataclass(slots=True, eq=False)
+@record(frozen=False, eq=False)
 class _Handle:
     worker_id: int
     process: Child

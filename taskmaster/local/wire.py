@@ -13,10 +13,10 @@ import os
 import pickle
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import cast
 
 from taskmaster.core.events import BatchDone, Stop, TaskSent
+from taskmaster.record import record
 from taskmaster.store import codec
 
 # The parent's messages, each one frame as ``Connection.send_bytes`` frames it: a batch is
@@ -38,7 +38,7 @@ def parse_result(data: bytes | bytearray) -> object:
     return pickle.loads(data)
 
 
-@dataclass(slots=True, eq=False)
+@record(frozen=False, eq=False)
 class Ring:
     """A worker's shared memory, one region per batch slot, mapped before the fork.
 

@@ -31,7 +31,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskmaster.core.code import JobCode
@@ -53,6 +52,7 @@ from taskmaster.local.wire import (  # noqa: F401  (_Frames: tests reach it here
     _Frames,
     parse_message,
 )
+from taskmaster.record import record
 from taskmaster.store import codec
 from taskmaster.store.failures import FailureKind
 
@@ -65,7 +65,7 @@ EXIT_SETUP_FAILED = 5  # setup_worker raised: the worker never took a batch
 WATCHDOG_GRACE = 1.0  # seconds past --job-timeout and a poll before SIGALRM ends a stuck worker
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SetupFailed:
     """Sent by a worker whose setup_worker raised, just before it exits: the parent reports
     it once for all the workers it happens to, instead of each printing its traceback."""
@@ -79,7 +79,7 @@ def _poll_interval(job_timeout: float) -> float:
     return min(1.0, job_timeout / 4)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WorkerSpec:
     """What a worker runs; inherited through fork, never pickled."""
 

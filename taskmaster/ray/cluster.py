@@ -15,7 +15,6 @@ import os
 import sys
 import sysconfig
 import time
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -23,6 +22,7 @@ import ray
 from ray.exceptions import AuthenticationError, RuntimeEnvSetupError
 
 from taskmaster.errors import UsageError
+from taskmaster.record import record
 
 CLIENT_TRIES = 3  # ray:// joins tried when Ray Client's server fails as it starts (see _init)
 CLIENT_PAUSE = 1.0  # seconds between them
@@ -31,7 +31,7 @@ CLIENT_PAUSE = 1.0  # seconds between them
 EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", "*.state.json", "*.failures.jsonl"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Cluster:
     address: str
     cpus: int
@@ -165,7 +165,7 @@ def runtime_env_for(module: ModuleType) -> dict[str, Any] | None:
     return {"working_dir": folder, "excludes": list(EXCLUDES)}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Death:
     """What Ray said about a dead actor: why, and where and which process, when it knew."""
 

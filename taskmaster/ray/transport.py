@@ -21,7 +21,6 @@ import contextlib
 import itertools
 import select
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -31,6 +30,7 @@ from taskmaster.core.events import Event, JobTimedOut, Notice, TaskSent, WorkerL
 from taskmaster.local.worker import WorkerSpec
 from taskmaster.ray.actor import actor_class
 from taskmaster.ray.cluster import describe_death, disconnect
+from taskmaster.record import field, record
 
 SLICE = 0.05  # seconds per ray.wait between looks at the wake fds
 STOP_TIMEOUT = 30.0  # seconds for teardown_worker at a polite close
@@ -43,7 +43,7 @@ _READY = -1  # task ids of the calls that are not batches
 _LATE = -2
 
 
-@dataclass(slots=True, eq=False)
+@record(frozen=False, eq=False)
 class _Actor:
     worker_id: int
     handle: Any

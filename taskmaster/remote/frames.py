@@ -35,9 +35,9 @@ import hmac
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from taskmaster.record import record
 from taskmaster.remote.secret import DEFAULT_PORT as DEFAULT_PORT
 from taskmaster.remote.secret import MAKE_SECRET as MAKE_SECRET
 from taskmaster.remote.secret import MIN_SECRET_BYTES as MIN_SECRET_BYTES
@@ -71,7 +71,7 @@ BAD_SIGNATURE = b"bad-signature"
 # -- frames -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Message:
     """A frame that passed every check."""
 

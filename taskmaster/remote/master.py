@@ -29,7 +29,6 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
@@ -37,6 +36,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from taskmaster.core.events import BatchUnreadable, Event, TaskSent
 from taskmaster.core.pull import BATCH_SECONDS
 from taskmaster.errors import UsageError
+from taskmaster.record import record
 from taskmaster.remote import curve, frames
 from taskmaster.remote.curve import CurveKeys
 from taskmaster.remote.master_inbox import MasterInbox
@@ -51,7 +51,7 @@ LATECOMER_SECONDS = 1.0  # how long a finished master still tells latecomers it 
 MAX_DRAIN = 10_000  # frames handled per wait(), so the coordinator keeps its turn
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MasterConfig:
     address: str
     secret: frames.Secret

@@ -17,9 +17,9 @@ said and turns its answers into events for the coordinator. The rules it keeps:
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
 
 from taskmaster.core.events import WorkerLost
+from taskmaster.record import field, record
 from taskmaster.remote import frames
 from taskmaster.remote.protocol import Body
 
@@ -27,7 +27,7 @@ REMEMBERED = 100_000  # batches of lost slaves kept in mind for their late resul
 HELLOS = 4096  # hellos kept in mind (pid, host) until the slave's first status
 
 
-@dataclass(slots=True, eq=False)
+@record(frozen=False, eq=False)
 class SlaveRecord:
     sender: str
     routing: bytes  # the ZeroMQ routing id of its connection

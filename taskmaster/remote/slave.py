@@ -34,7 +34,6 @@ import socket
 import textwrap
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -43,6 +42,7 @@ from taskmaster.core.events import Event, JobTimedOut, Notice, WorkerLost
 from taskmaster.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from taskmaster.local.signals import counting_signals
 from taskmaster.local.transport import LocalTransport
+from taskmaster.record import record
 from taskmaster.remote import curve, frames
 from taskmaster.remote.curve import CurveKeys
 from taskmaster.remote.protocol import MalformedBody, result_body, status_body
@@ -54,7 +54,7 @@ HELLO_UNSENT = 0.05
 MAX_BACKOFF = 30.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SlaveConfig:
     address: str
     secret: frames.Secret

@@ -18,10 +18,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 from taskmaster.errors import CheckpointError
+from taskmaster.record import field, record
 from taskmaster.store import codec, durable, keys
 from taskmaster.store.durable import StateLock as StateLock  # re-exported: the state file's API
 from taskmaster.store.durable import fsync_dir as fsync_dir
@@ -42,7 +42,7 @@ MAX_ANCHOR_BYTES = 1024 * 1024
 MAX_WINDOW = 100_000_000
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ResolvedRange:
     """A range resolved above the watermark, with the digest of its jobs' encoding."""
 
@@ -51,7 +51,7 @@ class ResolvedRange:
     digest: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Anchor:
     """A job the resume starts from: the watermark job, or the last job pulled before it."""
 
@@ -60,7 +60,7 @@ class Anchor:
     digest: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StoredJob:
     """An anchor job that was not decoded: too big to store, or read by ``tm-status``."""
 
@@ -71,7 +71,7 @@ class StoredJob:
         return self.text
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class State:
     target: str
     kwargs: dict[str, str]

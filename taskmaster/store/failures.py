@@ -18,10 +18,10 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from taskmaster.errors import CheckpointError, StateIOError
+from taskmaster.record import record
 from taskmaster.store import codec, durable, keys
 
 MAX_LISTED = 10  # line numbers named in a refusal
@@ -56,7 +56,7 @@ class FailureKind(enum.Enum):
         return cls.RAISED
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FailureRecord:
     seq: int
     job_repr: str
