@@ -140,17 +140,15 @@ def record(cls: type[T] | None = None, /, *, frozen: bool = True, eq: bool = Tru
             for k, v in cls.__dict__.items()
             if k not in names and k not in ("__dict__", "__weakref__")
         }
-        body.update(
-            __slots__=names,
-            __match_args__=names,
-            __init__=_init(cls, fields, frozen),
-            __repr__=_repr,
-            __reduce__=_reduce,
-        )
+        made_here: dict[str, Any] = {"__repr__": _repr, "__reduce__": _reduce}
         if eq:
-            body.update(__eq__=_eq, __hash__=_hash if frozen else None)
+            made_here.update(__eq__=_eq, __hash__=_hash if frozen else None)
         if frozen:
-            body.update(__setattr__=_frozen_setattr, __delattr__=_frozen_delattr)
+            made_here.update(__setattr__=_frozen_setattr, __delattr__=_frozen_delattr)
+        # what the class defines itself it keeps, as with a dataclass (a __repr__ of its own)
+        body = {**made_here, **body, "__slots__": names, "__match_args__": names}
+        if "__init__" not in body:
+            body["__init__"] = _init(cls, fields, frozen)
         made = type(cls.__name__, cls.__bases__, body)
         made.__qualname__ = cls.__qualname__
         return made

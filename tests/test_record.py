@@ -111,6 +111,18 @@ def test_repr_names_every_field() -> None:
     assert repr(Handle("w")) == "Handle(name='w')"
 
 
+def test_what_a_class_defines_itself_it_keeps() -> None:
+    @record
+    class Shown:
+        text: str
+
+        def __repr__(self) -> str:
+            return self.text
+
+    assert repr(Shown("as written")) == "as written"
+    assert Shown("a") == Shown("a")  # the rest is still made
+
+
 def test_match_by_position_and_name() -> None:
     match Point(1, 2):
         case Point(1, y):

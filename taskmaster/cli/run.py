@@ -9,7 +9,6 @@ import click
 
 from taskmaster.cli.options import table_options
 from taskmaster.cli.progress import PlainReporter, RichReporter
-from taskmaster.cli.status import find_state_file, read_status, render
 from taskmaster.cli.target import Target, load_target, parse_kwargs
 from taskmaster.core.events import Transport
 from taskmaster.core.source import call_get_jobs, check_kwargs
@@ -21,7 +20,6 @@ from taskmaster.errors import (
     UsageError,
 )
 from taskmaster.options import default_workers, parse_rate
-from taskmaster.replay import Replay
 from taskmaster.runner import (
     CheckpointedRun,
     Plan,
@@ -106,6 +104,8 @@ def launch(
     opt = validate_options(opts)
     plan: Plan
     if retry:
+        from taskmaster.replay import Replay  # only for --retry-failed: not on every start
+
         plan = Replay(opt)
     else:
         assert tgt.get_jobs is not None
@@ -248,6 +248,8 @@ def status_command(state_file: str | None, failures_file: str | None) -> None:
 
     Works while the run is going. Without STATE_FILE, the one *.state.json in this folder.
     """
+    from taskmaster.cli.status import find_state_file, read_status, render  # tm-status only
+
     try:
         path = state_file or find_state_file()
         click.echo(render(read_status(path, failures_file or failures_file_for(path))))
