@@ -8,7 +8,6 @@ turns them into an exit.
 from __future__ import annotations
 
 import os
-import traceback
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # finished, but some jobs failed for good (or the generator raised)
@@ -75,6 +74,8 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_HERE):
         tb = tb.tb_next
     try:
+        import traceback  # on the first failure only: it is not needed to start
+
         return text, "".join(traceback.format_exception(type(exc), exc, tb))
     except Exception:
         return text, ""

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 from taskmaster.errors import UsageError
+from taskmaster.record import field, fields, record
 
 
 def default_workers() -> int:
@@ -18,7 +18,7 @@ def _option(default: Any, help: str, **cli: Any) -> Any:
     return field(default=default, metadata={"help": help, **cli})
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Options:
     """Everything a run can be told; the CLI and ``taskmaster.run`` both build one.
 

@@ -48,7 +48,8 @@ def test_fields_by_position_or_name_with_defaults_and_fresh_factories() -> None:
     assert a == b
     assert a.tags is not b.tags  # a fresh list each
     assert Point(1, 2, ["t"]).tags == ["t"]
-    assert fields(Point) == ("x", "y", "tags") == Point.__match_args__
+    assert [f.name for f in fields(Point)] == ["x", "y", "tags"] == list(Point.__match_args__)
+    assert [f.type for f in fields(Point)] == ["int", "int", "list[str]"]  # as written
     assert Point(3, -4).norm1 == 7
     assert Point.__doc__ == "A docstring of its own."
     assert Point.__qualname__ == "Point" and Point.__module__ == __name__
@@ -123,6 +124,27 @@ def test_what_a_class_defines_itself_it_keeps() -> None:
     assert Shown("a") == Shown("a")  # the rest is still made
 
 
+def test_hidden_fields_metadata_and_post_init() -> None:
+    @record
+    class Keyed:
+        name: str
+        key: bytes = field(repr=False)
+        level: int = field(default=1, metadata={"help": "how loud"})
+
+        def __post_init__(self) -> None:
+            if self.level < 0:
+                raise ValueError("level < 0")
+
+    k = Keyed("a", b"secret")
+    assert repr(k).endswith(".Keyed(name='a', level=1)")  # the key is never shown
+    assert k.key == b"secret" and k == Keyed("a", b"secret")
+    assert [f.metadata for f in fields(Keyed)] == [{}, {}, {"help": "how loud"}]
+    with pytest.raises(ValueError, match="level < 0"):
+        Keyed("a", b"k", -1)
+    with pytest.raises(ValueError):
+        replace(k, level=-2)  # checked again
+
+
 def test_match_by_position_and_name() -> None:
     match Point(1, 2):
         case Point(1, y):
@@ -152,7 +174,7 @@ def test_replace_checks_names_and_runs_init_again() -> None:
 
 
 def test_a_field_without_a_default_after_one_with_is_refused() -> None:
-    with pytest.raises(TypeError, match="'b' without a default follows one with"):
+    with pytest.raises(TypeError, match="'b' without a default follows a default"):
 
         @record
         class Bad:

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from taskmaster.options import Options
+from taskmaster.record import MISSING, Field, fields
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 _TYPES: dict[str, Any] = {"int": int, "int | None": int, "float": float, "float | None": float}
 
 
-def _click_option(f: dataclasses.Field[Any], cli_default: Any) -> Decorator:
+def _click_option(f: Field, cli_default: Any) -> Decorator:
     meta = f.metadata
     flag = meta.get("flag") or "--" + f.name.replace("_", "-")
     names = [flag, *([meta["short"]] if "short" in meta else []), f.name]
@@ -41,11 +41,11 @@ def table_options(**cli_defaults: Any) -> Decorator:
     that a worker count given twice can be told apart).
     """
     options = []
-    for f in dataclasses.fields(Options):
+    for f in fields(Options):
         if "help" not in f.metadata:
             continue
         default = cli_defaults.get(f.name, f.default)
-        if default is dataclasses.MISSING:
+        if default is MISSING:
             default = None
         options.append(_click_option(f, default))
 

@@ -7,7 +7,6 @@ import importlib.util
 import inspect
 import os
 import sys
-import traceback
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -45,6 +44,8 @@ class Target:
 
 def _user_traceback(exc: BaseException) -> str:
     """The traceback of an exception, without importlib's and taskmaster's frames."""
+    import traceback  # when the user's module failed to load: not on every start
+
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package
     frames = [
         f

@@ -20,7 +20,6 @@ import select
 import socket
 import sys
 import threading
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -132,7 +131,7 @@ def _run_child(target: Callable[..., Any], args: tuple[Any, ...]) -> int:
             sys.stderr.write(str(exc.code) + "\n")
             code = 1
     except BaseException:
-        traceback.print_exc()
+        _print_exc()
     finally:
         try:
             threading._shutdown()  # type: ignore[attr-defined]  # non-daemon threads
@@ -140,7 +139,7 @@ def _run_child(target: Callable[..., Any], args: tuple[Any, ...]) -> int:
             if util is not None:
                 util._exit_function()  # e.g. a multiprocessing.Queue's feeder flushes
         except BaseException:
-            traceback.print_exc()
+            _print_exc()
         for stream in (sys.stdout, sys.stderr):
             try:
                 if stream is not None:
@@ -148,3 +147,9 @@ def _run_child(target: Callable[..., Any], args: tuple[Any, ...]) -> int:
             except (AttributeError, ValueError, OSError):
                 pass
     return code
+
+
+def _print_exc() -> None:
+    import traceback  # only when something escaped: not on every worker's start
+
+    traceback.print_exc()

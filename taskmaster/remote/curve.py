@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, field
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from taskmaster.errors import UsageError
+from taskmaster.record import field, record
 from taskmaster.remote import frames
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CurveKeys:
     """Z85-encoded key pairs of the master (server) and of the slaves (clients)."""
 

@@ -24,11 +24,11 @@ import secrets
 import stat
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from taskmaster.errors import UsageError
+from taskmaster.record import field, record
 
 SECRET_ENV = "TASKMASTER_SECRET"
 MIN_SECRET_BYTES = 32  # random bytes' worth: 64 hex characters, or 32 bytes of other text
@@ -43,7 +43,7 @@ TO_MASTER = "s2m"
 _HEX = frozenset(string.hexdigits.encode())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Secret:
     """The shared secret; ``value`` never appears in a repr, a log or a command line.
 
