@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import sysconfig
 from pathlib import Path
 
 import benchlib as bl
@@ -33,6 +34,16 @@ POOL_SCRIPT = (
 )
 
 
+# The same tm-run under ``python -S``: no site, so no .pth files, and so not the path finder
+# that an editable install (``make install``) adds to every start of this venv's Python. A
+# user's ``pip install`` has no such finder; these rows bound what the two rows above would
+# be for them (without site's own few ms, in both).
+TM_NO_SITE = (
+    "import sys; sys.path[:0] = {paths!r}; sys.argv[0] = 'tm-run'\n"
+    "from taskmaster.cli.run import run_command; run_command()"
+)
+
+
 def runners(tm_reason: str | None) -> list[bl.Runner]:
     def python(_tmp: str) -> list[str]:
         return [bl.PYTHON, "-c", "print('{\"jobs\": 0}')"]
@@ -43,10 +54,27 @@ def runners(tm_reason: str | None) -> list[bl.Runner]:
     def tm(tmp: str) -> list[str]:
         return bl.tm_cmd("first_jobs", tmp, workers=WORKERS, kwargs={"n": 0})
 
+    def pool_no_site(_tmp: str) -> list[str]:
+        return [bl.PYTHON, "-S", "-c", POOL_SCRIPT]
+
+    def tm_no_site(tmp: str) -> list[str]:
+        paths = [str(bl.BENCH_DIR.parent), sysconfig.get_paths()["purelib"]]
+        return [bl.PYTHON, "-S", "-c", TM_NO_SITE.format(paths=paths), *tm(tmp)[1:]]
+
     return [
         bl.Runner("python -c print(...)", python, 0, key="python", note="the interpreter alone"),
         bl.Runner(f"Pool({WORKERS}) script, no jobs", pool, 0, key="pool"),
         bl.tm_runner(f"taskmaster tm-run {WORKERS} workers, no jobs", tm, 0, tm_reason),
+        bl.Runner("  the Pool script, python -S", pool_no_site, 0, key="pool_s", note="no site"),
+        bl.Runner(
+            "  the tm-run, python -S",
+            tm_no_site,
+            0,
+            is_tm=True,
+            unavailable=tm_reason,
+            key="tm_s",
+            note="no site",
+        ),
     ]
 
 
@@ -97,6 +125,13 @@ def main(argv: list[str]) -> int:
         x = tm_s / pool_s
         what = f"{x:.2f}x ({tm_s * 1000:.0f} ms vs {pool_s * 1000:.0f} ms)"
         bl.report_target(goal, what, x <= START_TARGET)
+    tm_s_row, pool_s_row = bl.find(outcomes, "tm_s"), bl.find(outcomes, "pool_s")
+    if tm_s_row is not None and pool_s_row is not None and tm_s_row.walls and pool_s_row.walls:
+        tm_s, pool_s = bl.median(tm_s_row.walls), bl.median(pool_s_row.walls)
+        print(
+            f"the same under python -S (no site, so no editable-install path finder): "
+            f"{tm_s / pool_s:.2f}x ({tm_s * 1000:.0f} ms vs {pool_s * 1000:.0f} ms)"
+        )
     goal = f"first job starts <= {FIRST_JOB_TARGET * 1000:.0f} ms after its yield"
     if reason is not None:
         bl.report_target(goal, f"taskmaster not available ({reason})", None)

@@ -141,11 +141,19 @@ def execute(
 
 def _drive(opened: Opened, transport: Transport, reporter: Reporter) -> RunStats:
     """Start the transport, open the source, and run the coordinator to its end."""
-    ledger = opened.ledger
     # What exists now (modules, the user's code, the opened state) lasts the whole run: frozen,
-    # the collector never walks it again, in the parent or in the workers forked from it (whose
-    # pages it then leaves shared), nor at the interpreter's exit.
+    # the collector does not walk it again during the run, in the parent or in the workers
+    # forked from it (whose pages it then leaves shared). Unfrozen after the run: a program
+    # that calls taskmaster.run() gets its collector back whole.
     gc.freeze()
+    try:
+        return _coordinate(opened, transport, reporter)
+    finally:
+        gc.unfreeze()
+
+
+def _coordinate(opened: Opened, transport: Transport, reporter: Reporter) -> RunStats:
+    ledger = opened.ledger
     try:
         transport.start()  # fork before get_jobs runs, before any thread exists
         source = opened.make_source()

@@ -65,6 +65,14 @@ def handle_job(job):
 """
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The Ctrl-C tests send SIGINT as a terminal would. A suite started in the background by
+    # a script (``make test &``, ``nohup``) inherits SIGINT ignored, and so would every
+    # process it starts (tm-run then keeps ignoring it, as it should): take it back here.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition") -> None:
     """Poll ``predicate`` until true; fail the test with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -21,6 +23,7 @@ from faultlib import (
     started,
 )
 
+from taskmaster.local.signals import counting_signals
 from taskmaster.store import checkpoint
 
 N = 3000
@@ -123,6 +126,61 @@ def test_ctrl_c_while_a_resumed_get_jobs_yields_its_first_job(fault_job: Job) ->
     assert job.state.read_bytes() == saved
     resume_to_the_end(job, 50)
     assert set(job.counts().values()) == {1}
+
+
+# exec the command with SIGINT ignored, as a shell starts ``tm-run ... &`` from a script
+IGNORING_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def test_a_run_started_with_sigint_ignored_ignores_it_throughout(fault_job: Job) -> None:
+    job = fault_job
+    proc = subprocess.Popen(
+        [sys.executable, "-c", IGNORING_SIGINT, *job.args(*ARGS)],
+        cwd=job.folder,
+        env={**job.env, **SLOW},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: ledger_lines(job) >= 200, 20, "200 jobs done")
+        kill_group(proc, signal.SIGINT)
+        done = ledger_lines(job)
+        wait_until(lambda: ledger_lines(job) >= done + 200, 20, "the run to go on after SIGINT")
+        assert proc.poll() is None
+        os.kill(proc.pid, signal.SIGTERM)  # SIGTERM still stops it, as ever
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+            proc.communicate()
+    assert_clean_interrupt(proc.returncode, err)
+    assert 0 < assert_checkpoint_safe(job) < N
+    resume_to_the_end(job)
+    assert set(job.counts().values()) == {1}
+
+
+def test_counting_signals_leaves_an_ignored_sigint_ignored() -> None:
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with counting_signals() as (_fd, count):
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            wait_until(lambda: count() >= 1, 5, "SIGTERM to be counted")
+            assert count() == 1  # the SIGTERM alone
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with counting_signals() as (_fd, count):
+            os.kill(os.getpid(), signal.SIGINT)
+            wait_until(lambda: count() >= 1, 5, "SIGINT to be counted")
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 @pytest.mark.parametrize("to", ["parent", "group"])

@@ -19,7 +19,8 @@ def counting_signals(
 ) -> Iterator[tuple[int, Callable[[], int]]]:
     """Yields a file descriptor that becomes readable on a signal, and a function that
     returns how many SIGINT/SIGTERM arrived so far (and empties the pipe). ``on_signal``
-    runs in the handler, after the count: it may raise to leave a blocking call."""
+    runs in the handler, after the count: it may raise to leave a blocking call. An
+    ignored SIGINT is left ignored."""
     r, w = os.pipe()
     os.set_blocking(r, False)
     os.set_blocking(w, False)
@@ -35,8 +36,15 @@ def counting_signals(
             os.read(r, 512)
         return count[0]
 
+    # A SIGINT that was ignored when we started (``tm-run ... &`` in a script, ``nohup``)
+    # stays ignored, as Python leaves it at start-up: the shell's way to keep a background
+    # job out of a terminal's Ctrl-C. Taking it here would make Ctrl-C stop a run or not
+    # depending on when it came. SIGTERM is always counted.
+    ours = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        ours.insert(0, signal.SIGINT)
     old_wakeup = signal.set_wakeup_fd(w)
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, handler) for s in ours}
     try:
         yield r, read
     finally:
