@@ -18,7 +18,7 @@ from pathlib import Path
 import benchlib as bl
 
 WORKERS = 2
-REPS = 7
+REPS = 15
 TIMEOUT = 30.0
 START_TARGET = 1.5  # tm-run with no jobs, at most this many times the Pool script
 FIRST_JOB_TARGET = 0.050  # seconds from the yield of job 0 to its handler's start

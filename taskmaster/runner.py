@@ -127,11 +127,16 @@ def execute(
         opened = plan.open(opt, reporter)
         if isinstance(opened, RunStats):
             return opened
+        # What exists now (modules, the user's code, the opened state) lasts the run: frozen,
+        # the collector leaves it alone, in the parent and in the workers forked from it
+        # (whose pages stay shared); unfrozen after, for a program calling taskmaster.run().
+        gc.freeze()
         try:
             stats = _drive(
                 opened, transport or local_transport(opened.opt, code, reporter), reporter
             )
         finally:
+            gc.unfreeze()
             opened.close()
         return plan.finish(stats, opened)
     finally:
@@ -141,18 +146,6 @@ def execute(
 
 def _drive(opened: Opened, transport: Transport, reporter: Reporter) -> RunStats:
     """Start the transport, open the source, and run the coordinator to its end."""
-    # What exists now (modules, the user's code, the opened state) lasts the whole run: frozen,
-    # the collector does not walk it again during the run, in the parent or in the workers
-    # forked from it (whose pages it then leaves shared). Unfrozen after the run: a program
-    # that calls taskmaster.run() gets its collector back whole.
-    gc.freeze()
-    try:
-        return _coordinate(opened, transport, reporter)
-    finally:
-        gc.unfreeze()
-
-
-def _coordinate(opened: Opened, transport: Transport, reporter: Reporter) -> RunStats:
     ledger = opened.ledger
     try:
         transport.start()  # fork before get_jobs runs, before any thread exists
