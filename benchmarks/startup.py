@@ -3,8 +3,10 @@
 Rows, each a whole process timed from start to exit: the interpreter alone
 (``python -c pass``), the smallest ``multiprocessing.Pool(2)`` script that maps over no
 jobs, and ``tm-run`` with 2 workers over a ``get_jobs`` that yields nothing (state file
-and final checkpoint included). Then ``tm-run`` over one job: the job module stamps the
-system's monotonic clock when it yields job 0 and when the handler starts it, in a worker.
+and final checkpoint included); then the Pool script and that tm-run again under
+``python -S``, without the editable install's path finder. Then ``tm-run`` over one job:
+the job module stamps the system's monotonic clock when it yields job 0 and when the
+handler starts it, in a worker.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 from conftest import LEDGER_MODULE, Job, kill_group, wait_until
@@ -158,9 +158,12 @@ def assert_no_stale_temps(job: Job) -> None:
 
 
 @contextlib.contextmanager
-def started(job: Job, *args: str, **env: str) -> Iterator[subprocess.Popen[str]]:
-    """A run in its own process group, killed (group and all) if the test leaves early."""
-    proc = job.start(*args, **env)
+def started(
+    job: Job, *args: str, prefix: Sequence[str] = (), **env: str
+) -> Iterator[subprocess.Popen[str]]:
+    """A run in its own process group, killed (group and all) if the test leaves early;
+    with ``prefix``, the command runs behind it (see ``start_wrapped``)."""
+    proc = start_wrapped(job, list(prefix), *args, **env) if prefix else job.start(*args, **env)
     try:
         yield proc
     finally:

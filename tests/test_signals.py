@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import sys
 from collections.abc import Callable
 
@@ -137,17 +136,7 @@ IGNORING_SIGINT = (
 
 def test_a_run_started_with_sigint_ignored_ignores_it_throughout(fault_job: Job) -> None:
     job = fault_job
-    proc = subprocess.Popen(
-        [sys.executable, "-c", IGNORING_SIGINT, *job.args(*ARGS)],
-        cwd=job.folder,
-        env={**job.env, **SLOW},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    try:
+    with started(job, *ARGS, prefix=[sys.executable, "-c", IGNORING_SIGINT], **SLOW) as proc:
         wait_until(lambda: ledger_lines(job) >= 200, 20, "200 jobs done")
         kill_group(proc, signal.SIGINT)
         done = ledger_lines(job)
@@ -155,10 +144,6 @@ def test_a_run_started_with_sigint_ignored_ignores_it_throughout(fault_job: Job)
         assert proc.poll() is None
         os.kill(proc.pid, signal.SIGTERM)  # SIGTERM still stops it, as ever
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            kill_group(proc)
-            proc.communicate()
     assert_clean_interrupt(proc.returncode, err)
     assert 0 < assert_checkpoint_safe(job) < N
     resume_to_the_end(job)
