@@ -24,8 +24,6 @@ row dying in ``setup_worker``.
 
 from __future__ import annotations
 
-import random
-import textwrap
 from collections.abc import Callable
 from typing import Protocol
 
@@ -46,6 +44,19 @@ MAX_RETRY_DELAY = 60.0
 OUTAGE_STREAK = 5  # failed attempts in a row, none done between: the backend looks down
 RETRY_DELAY = 0.1  # first retry delay unless --retry-delay says
 OUTAGE_DELAY = 8.0  # first retry delay during an outage: 8 + 16 s rides out a restart
+
+
+def _random() -> float:
+    """The retry jitter; ``random`` is imported at the first retry, not on every start."""
+    import random
+
+    return random.random()
+
+
+def _indent(text: str) -> str:
+    import textwrap  # only to show a setup_worker traceback
+
+    return textwrap.indent(text, "    ")
 
 
 @record
@@ -87,7 +98,7 @@ class Policy:
         clock: Callable[[], float],
         stop: Callable[[StopReason, str], None],
         message: Callable[[str], None],
-        rng: Callable[[], float] = random.random,
+        rng: Callable[[], float] | None = None,
     ) -> None:
         self.opt = opt
         self.queue = queue
@@ -97,7 +108,7 @@ class Policy:
         self.clock = clock
         self.stop = stop
         self.message = message
-        self.rng = rng
+        self.rng = rng if rng is not None else _random
         self.stopping = False  # set by the loop once a stop was requested
         self.state_failed: StateIOError | None = None
         self.failed_this_run = 0
@@ -215,7 +226,7 @@ class Policy:
         self._setup_failures += 1
         if detail != self._setup_reported:
             self._setup_reported = detail
-            shown = f":\n{textwrap.indent(detail.rstrip(), '    ')}" if detail.strip() else ""
+            shown = f":\n{_indent(detail.rstrip())}" if detail.strip() else ""
             self.message(who + shown)
         if self._setup_failures >= SETUP_FAILURES:
             self.stop(
