@@ -551,9 +551,9 @@ def report_ideal_target(outcomes: Sequence[Outcome], ideal: float, what: str) ->
 
 
 def report_peer_share_target(outcomes: Sequence[Outcome], ideal: float, what: str) -> None:
-    """Taskmaster's share of the ideal against the peer's, in points: the target where the
-    ideal itself is out of reach of the engine both use (asyncio's own timers, see
-    ``async_floor.py``), so that what is measured is what the runner loses, not the engine."""
+    """Taskmaster's share of the ideal against the peer's, in points: what the runner itself
+    loses where the ideal is out of reach of both (asyncio's own timers, see
+    ``async_floor.py``; a whole-process start-up that weighs more in a slow hour)."""
     tm = find(outcomes, "tm")
     peers = [o for o in outcomes if not o.runner.is_tm and o.error is None and o.results]
     goal = f"{what} within {PEER_POINTS} points of the peer's share of ideal"
