@@ -147,6 +147,26 @@ def test_a_result_counts_only_from_the_assigned_slave_and_only_once(setup: Any) 
     assert any("not assigned to its sender" in line for line in master.lines)
 
 
+def test_only_a_frame_signed_with_another_secret_is_told_bad_signature(setup: Any) -> None:
+    master, make = setup
+    garbled, stranger = make("garbled"), make("stranger")
+    # A signature one byte long fails the size check, whose reason names the signature too
+    # ("bad signature or header size"): dropped, and not answered.
+    sig, header, payload = garbled.sealer.seal("hello", None, {"nonce": "n1"})
+    garbled.sock.send_multipart([sig + b"x", header, payload])
+    master.pump(lambda: any("bad signature or header size" in line for line in master.lines))
+    assert any("bad signature or header size" in line for line in master.lines)
+    master.pump(timeout=0.3)
+    assert not garbled.sock.poll(0), "a malformed frame was answered as a bad signature"
+    # Well formed, signed with another secret: told, so that a slave can say so and exit.
+    other = wire.frame_key(wire.Secret(b"another secret of enough bytes, 32+", "x"), wire.TO_MASTER)
+    stranger.sealer = wire.Sealer(other, "stranger", wire.TO_MASTER)
+    stranger.send("hello", {"nonce": "n2", "pid": 1, "host": "h", "max_frame": 1 << 20})
+    master.pump(lambda: stranger.sock.poll(0))
+    assert stranger.sock.recv_multipart() == [wire.NOTICE, wire.BAD_SIGNATURE]
+    assert master.events == []
+
+
 def test_credits_count_batches_the_slave_has_not_seen_yet(setup: Any) -> None:
     master, make = setup
     slave = make("s")

@@ -66,7 +66,7 @@ def test_another_secret_fails_and_nothing_is_parsed(monkeypatch: pytest.MonkeyPa
     other = wire.frame_key(wire.Secret(b"another secret of enough bytes, 32+", "x"), wire.TO_SLAVE)
     parsed: list[bytes] = []
     monkeypatch.setattr(json, "loads", lambda data, **kw: parsed.append(data))
-    with pytest.raises(wire.Dropped, match="signature"):
+    with pytest.raises(wire.BadSignature, match="signature"):
         opener(other).open(sealed())
     assert parsed == []
 
@@ -123,8 +123,9 @@ def test_a_payload_where_none_may_be_is_dropped_before_the_signature() -> None:
     ],
 )
 def test_malformed_frames_are_dropped(parts: list[bytes]) -> None:
-    with pytest.raises(wire.Dropped, match="not a taskmaster frame"):
+    with pytest.raises(wire.Dropped, match="not a taskmaster frame") as caught:
         opener().open(parts)
+    assert not isinstance(caught.value, wire.BadSignature)  # the master tells no one of these
 
 
 def test_an_oversized_header_is_dropped_before_the_signature_is_computed() -> None:

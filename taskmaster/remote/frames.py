@@ -88,6 +88,11 @@ class Dropped(Exception):
     """A frame that failed a check. The reason names the check, never the content."""
 
 
+class BadSignature(Dropped):
+    """A well-formed frame whose signature does not match: signed with another secret, or
+    with none. The one drop a master tells the peer of (a slave with the wrong secret)."""
+
+
 class VersionMismatch(Exception):
     """A correctly signed frame from a peer that speaks another protocol version."""
 
@@ -169,7 +174,7 @@ class Opener:
         if len(payload) > self.max_payload:
             raise Dropped(f"not a taskmaster frame (a payload of {len(payload):,} bytes)")
         if not hmac.compare_digest(sig, _sign(self._mac, header, payload)):
-            raise Dropped("bad signature (a wrong or missing secret?)")
+            raise BadSignature("bad signature (a wrong or missing secret?)")
         try:
             doc = json.loads(header)
         except ValueError:

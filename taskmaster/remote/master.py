@@ -229,7 +229,7 @@ class ZmqMasterTransport:
             msg = self._opener.open(parts)
         except frames.Dropped as exc:
             self._limited("drop", f"dropped a frame from {peer}: {exc}")
-            if "signature" in str(exc):
+            if isinstance(exc, frames.BadSignature):
                 self._notify_bad_signature(routing)
             return
         except frames.VersionMismatch as exc:
