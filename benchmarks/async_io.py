@@ -51,7 +51,6 @@ def main(argv: list[str]) -> int:
     print(f"Ideal: {ideal:,.0f} jobs/s ({n / ideal:.1f} s); {args.reps} alternating runs per row.")
     bl.report_ideal(outcomes, ideal)
     bl.report_ideal_target(outcomes, ideal, "async handlers")
-    bl.report_peer_share_target(outcomes, ideal, "async handlers")
     return 0
 
 

@@ -79,3 +79,13 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
         return text, "".join(traceback.format_exception(type(exc), exc, tb))
     except Exception:
         return text, ""
+
+
+def detail_block(detail: str) -> str:
+    """``detail`` (a traceback) as a block indented under the line it ends, after a colon;
+    "" when it is blank."""
+    if not detail.strip():
+        return ""
+    import textwrap  # only to show a traceback: not on every start
+
+    return ":\n" + textwrap.indent(detail.rstrip(), "    ")

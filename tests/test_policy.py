@@ -295,6 +295,22 @@ def test_the_drain_timeout_aborts() -> None:
     assert transport.closed is True and stats.exit_code == EXIT_INTERRUPTED
 
 
+def test_a_setup_traceback_is_shown_indented_once_and_a_blank_one_not_at_all() -> None:
+    coord, transport, clock, books = make(n=100, slots=1)
+    tb = "Traceback (most recent call last):\n  File x\nConnectionError: db down\n"
+    for detail in (tb, tb, "  \n"):
+        coord.step()
+        held = list(transport.held)
+        transport.lose(held, queued=held, setup_failed=True, detail=detail)
+        coord.step()
+    assert books.messages[:2] == [
+        "worker 0 (pid 1) was killed by SIGKILL:\n    Traceback (most recent call last):\n"
+        "      File x\n    ConnectionError: db down",
+        # pid 2 sent the same traceback: not shown again; pid 3's is blank: no colon
+        "worker 0 (pid 3) was killed by SIGKILL",
+    ]
+
+
 def test_workers_failing_setup_stop_the_run_after_a_few_in_a_row() -> None:
     coord, transport, clock, books = make(n=100, slots=1)
     for i in range(SETUP_FAILURES):

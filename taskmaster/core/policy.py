@@ -33,7 +33,7 @@ from taskmaster.core.ledger import Ledger, Unit
 from taskmaster.core.stats import Counters
 from taskmaster.core.stop import StopReason
 from taskmaster.core.tasks import Task, TaskQueue
-from taskmaster.errors import StateIOError
+from taskmaster.errors import StateIOError, detail_block
 from taskmaster.options import Options
 from taskmaster.record import record
 from taskmaster.store.failures import FailureKind, FailureRecord, make_record
@@ -51,12 +51,6 @@ def _random() -> float:
     import random
 
     return random.random()
-
-
-def _indent(text: str) -> str:
-    import textwrap  # only to show a setup_worker traceback
-
-    return textwrap.indent(text, "    ")
 
 
 @record
@@ -98,7 +92,7 @@ class Policy:
         clock: Callable[[], float],
         stop: Callable[[StopReason, str], None],
         message: Callable[[str], None],
-        rng: Callable[[], float] | None = None,
+        rng: Callable[[], float] = _random,
     ) -> None:
         self.opt = opt
         self.queue = queue
@@ -108,7 +102,7 @@ class Policy:
         self.clock = clock
         self.stop = stop
         self.message = message
-        self.rng = rng if rng is not None else _random
+        self.rng = rng
         self.stopping = False  # set by the loop once a stop was requested
         self.state_failed: StateIOError | None = None
         self.failed_this_run = 0
@@ -226,8 +220,7 @@ class Policy:
         self._setup_failures += 1
         if detail != self._setup_reported:
             self._setup_reported = detail
-            shown = f":\n{_indent(detail.rstrip())}" if detail.strip() else ""
-            self.message(who + shown)
+            self.message(who + detail_block(detail))
         if self._setup_failures >= SETUP_FAILURES:
             self.stop(
                 StopReason.SETUP_FAILED,

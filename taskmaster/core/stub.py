@@ -107,15 +107,22 @@ class StubTransport:
             self.complete(task_id)
 
     def lose(
-        self, task_ids: Iterable[int], queued: Iterable[int] = (), setup_failed: bool = False
+        self,
+        task_ids: Iterable[int],
+        queued: Iterable[int] = (),
+        setup_failed: bool = False,
+        detail: str = "",
     ) -> None:
-        """A worker holding ``task_ids`` died; it had not started those in ``queued``."""
+        """A worker holding ``task_ids`` died; it had not started those in ``queued``.
+        ``detail``: the traceback of a failed ``setup_worker``."""
         ids = tuple(task_ids)
         for task_id in ids:
             self.held.pop(task_id)
         self._pid += 1
         self.events.append(
-            WorkerLost(0, self._pid, ids, "was killed by SIGKILL", tuple(queued), setup_failed)
+            WorkerLost(
+                0, self._pid, ids, "was killed by SIGKILL", tuple(queued), setup_failed, detail
+            )
         )
 
     def time_out(self, task_id: int, index: int, seconds: float = 5.0) -> None:

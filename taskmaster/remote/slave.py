@@ -31,7 +31,6 @@ import os
 import secrets
 import select
 import socket
-import textwrap
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +38,7 @@ from typing import Any
 import zmq
 
 from taskmaster.core.events import Event, JobTimedOut, Notice, WorkerLost
-from taskmaster.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from taskmaster.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, detail_block
 from taskmaster.local.signals import counting_signals
 from taskmaster.local.transport import LocalTransport
 from taskmaster.record import record
@@ -251,7 +250,7 @@ class Slave:
         self.queue(kind, body)
 
     def _on_worker_lost(self, event: WorkerLost) -> None:
-        detail = f":\n{textwrap.indent(event.detail.rstrip(), '    ')}" if event.detail else ""
+        detail = detail_block(event.detail)
         self.log(f"worker {event.worker_id} (pid {event.pid}) {event.reason}; replaced{detail}")
         unstarted = set(event.queued)
         mine: list[int] = []
